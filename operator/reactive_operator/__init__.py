@@ -1,0 +1,1 @@
+"""reactive-loop operator: reconciles ReactiveLoop resources into node pods."""
