@@ -75,3 +75,54 @@ cluster-down: ## stop the local cluster and remove everything it made
 .PHONY: cluster-status
 cluster-status: ## say what of the local cluster runs
 	$(PY) -m localcluster status
+
+# ---------------------------------------------------------------- kind (needs Docker; not run in CI here)
+KIND_CLUSTER ?= reactive-loop
+IMAGE_TAG ?= 0.1.0
+RELEASE ?= reactive-loop
+RELEASE_NAMESPACE ?= reactive-loop-system
+MONITORING_NAMESPACE ?= monitoring
+HELM_DEPLOY_FLAGS := --namespace $(RELEASE_NAMESPACE) --create-namespace --wait \
+	--set operator.image.repository=reactive-loop-operator --set operator.image.tag=$(IMAGE_TAG) \
+	--set node.image.repository=reactive-loop-node --set node.image.tag=$(IMAGE_TAG)
+
+.PHONY: kind-up
+kind-up: ## create the kind cluster of kind-config.yaml (1 control plane, 2 workers)
+	@kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	kubectl cluster-info --context kind-$(KIND_CLUSTER)
+
+.PHONY: kind-down
+kind-down: ## delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+.PHONY: images
+images: ## build the node and operator images (docker)
+	docker build -f node/Dockerfile -t reactive-loop-node:$(IMAGE_TAG) .
+	docker build -f operator/Dockerfile -t reactive-loop-operator:$(IMAGE_TAG) .
+
+.PHONY: kind-load
+kind-load: images ## load both images into the kind cluster's nodes
+	kind load docker-image --name $(KIND_CLUSTER) reactive-loop-node:$(IMAGE_TAG) reactive-loop-operator:$(IMAGE_TAG)
+
+.PHONY: deploy
+deploy: kind-load ## helm install the chart (CRD, operator, RBAC, dashboard) into the kind cluster
+	helm upgrade --install $(RELEASE) charts/reactive-loop $(HELM_DEPLOY_FLAGS)
+	kubectl -n $(RELEASE_NAMESPACE) rollout status deployment/$(RELEASE) --timeout=120s
+
+.PHONY: demo
+demo: ## apply examples/ (a converge ring and a token ring) and show them
+	kubectl apply -f examples/
+	kubectl wait rloop --all --for=condition=Ready --timeout=180s
+	kubectl get rloop,pods -o wide
+
+.PHONY: monitoring
+monitoring: ## kube-prometheus-stack + our PodMonitor, ServiceMonitor, rules and Grafana dashboard
+	helm repo add prometheus-community https://prometheus-community.github.io/helm-charts --force-update
+	helm upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
+	  --namespace $(MONITORING_NAMESPACE) --create-namespace --wait \
+	  --set grafana.sidecar.dashboards.enabled=true \
+	  --set grafana.sidecar.dashboards.searchNamespace=ALL
+	helm upgrade --install $(RELEASE) charts/reactive-loop $(HELM_DEPLOY_FLAGS) \
+	  -f charts/reactive-loop/ci/monitoring-values.yaml
+	@echo "Grafana: kubectl -n $(MONITORING_NAMESPACE) port-forward svc/kube-prometheus-stack-grafana 3000:80  (admin / prom-operator)"
+	@echo "Prometheus: kubectl -n $(MONITORING_NAMESPACE) port-forward svc/kube-prometheus-stack-prometheus 9090"
