@@ -1,0 +1,73 @@
+"""converge: spread the newest desired target to every node.
+
+The state is `{"generation": int, "target": any JSON}`. Merging keeps the
+higher generation; if two states ever share a generation with different
+targets (two injections racing), the larger canonical JSON text of the target
+wins, so every node ends on the same pair whatever order it hears them in.
+The merge is commutative, associative and idempotent, which is why a lost or
+duplicated answer never harms: the next round trip repairs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Context, InvalidState, State, Summary, canonical
+
+#: A target larger than this (canonical JSON) is refused: state lives in an
+#: annotation, and annotations of a pod share 256 KiB.
+MAX_TARGET_BYTES = 16 * 1024
+
+
+def _key(state: State) -> tuple[int, str]:
+    return int(state["generation"]), canonical(state["target"])
+
+
+def merge(a: State, b: State) -> State:
+    """The newer of two converge states (ties broken by canonical target)."""
+    return a if _key(a) >= _key(b) else b
+
+
+class Converge:
+    """The built-in converge behaviour."""
+
+    name = "converge"
+
+    def initial(self, ctx: Context) -> State:
+        return {"generation": 0, "target": None}
+
+    def validate(self, raw: Any) -> State:
+        if not isinstance(raw, dict):
+            raise InvalidState("converge state must be a JSON object")
+        extra = set(raw) - {"generation", "target"}
+        if extra:
+            raise InvalidState(f"converge state has unknown fields: {sorted(extra)}")
+        generation = raw.get("generation")
+        if type(generation) is not int or generation < 0:
+            raise InvalidState("converge state needs an integer generation >= 0")
+        if "target" not in raw:
+            raise InvalidState("converge state needs a target (may be null)")
+        try:
+            size = len(canonical(raw["target"]).encode())
+        except (TypeError, ValueError) as e:
+            raise InvalidState(f"converge target is not JSON: {e}") from e
+        if size > MAX_TARGET_BYTES:
+            raise InvalidState(f"converge target is {size} bytes, limit {MAX_TARGET_BYTES}")
+        return {"generation": generation, "target": raw["target"]}
+
+    def respond(self, mine: State, theirs: State, ctx: Context) -> State:
+        return merge(mine, theirs)
+
+    def react(self, mine: State, theirs: State, ctx: Context) -> State:
+        return merge(mine, theirs)
+
+    def tick(self, mine: State, ctx: Context) -> State:
+        return mine
+
+    def summary(self, state: State) -> Summary:
+        return {
+            "generation": int(state["generation"]),
+            "target": state["target"],
+            "holding": None,
+            "epoch": None,
+        }
