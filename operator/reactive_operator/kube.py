@@ -1,0 +1,255 @@
+"""The one module that talks to the Kubernetes API (kubernetes_asyncio).
+
+Everything above it deals in plain manifests (dicts). API failures become a
+few named exceptions, with response bodies truncated so nothing sensitive
+lands in logs or events.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.rest import ApiException
+from reactive_node import contract as c
+
+Manifest = dict[str, Any]
+_BODY_LIMIT = 300
+
+
+class KubeError(Exception):
+    """An API call failed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    """409: already exists, or a resourceVersion conflict."""
+
+
+def _translate(e: ApiException) -> KubeError:
+    body = str(e.body or e.reason or "")
+    with contextlib.suppress(ValueError, AttributeError):
+        body = str(json.loads(body).get("message", body))
+    body = body[:_BODY_LIMIT]
+    status = int(e.status or 0)
+    if status == 404:
+        return NotFound(status, body)
+    if status == 409:
+        return Conflict(status, body)
+    return KubeError(status, body)
+
+
+async def _call(coro: Awaitable[Any]) -> Any:
+    try:
+        return await coro
+    except ApiException as e:
+        raise _translate(e) from e
+
+
+async def _json(coro: Awaitable[Any]) -> Any:
+    """Await a `_preload_content=False` call and decode its JSON body."""
+    resp = await _call(coro)
+    try:
+        return json.loads(await resp.read())
+    finally:
+        resp.release()
+
+
+async def load_config() -> None:
+    """In-cluster credentials if present, else the kubeconfig (KUBECONFIG)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config()
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    holder: str | None
+    renewed: datetime | None
+    duration_seconds: int
+    resource_version: str | None
+    transitions: int
+
+
+class Kube:
+    """Typed verbs on the objects the operator manages."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+        self.core = client.CoreV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+        self.net = client.NetworkingV1Api(api)
+        self.coord = client.CoordinationV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        await load_config()
+        return cls(client.ApiClient())
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def __aenter__(self) -> Kube:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- create / delete ---------------------------------------------------
+    def _creator(self, kind: str) -> Callable[..., Awaitable[Any]]:
+        table: dict[str, Callable[..., Awaitable[Any]]] = {
+            "Pod": self.core.create_namespaced_pod,
+            "Service": self.core.create_namespaced_service,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Secret": self.core.create_namespaced_secret,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+            "NetworkPolicy": self.net.create_namespaced_network_policy,
+        }
+        return table[kind]
+
+    async def create(self, manifest: Mapping[str, Any]) -> bool:
+        """Create an object; False if it already existed (never overwritten)."""
+        ns = manifest["metadata"]["namespace"]
+        try:
+            await _call(self._creator(manifest["kind"])(ns, dict(manifest), _preload_content=False))
+        except Conflict:
+            return False
+        return True
+
+    async def _delete(self, fn: Callable[..., Awaitable[Any]], ns: str, name: str) -> bool:
+        try:
+            await _call(fn(name, ns, _preload_content=False))
+        except NotFound:
+            return False
+        return True
+
+    async def delete_pod(self, ns: str, name: str) -> bool:
+        return await self._delete(self.core.delete_namespaced_pod, ns, name)
+
+    async def delete_node_rbac(self, ns: str, name: str) -> None:
+        """RoleBinding, Role and ServiceAccount of one node (all named after its pod)."""
+        await self._delete(self.rbac.delete_namespaced_role_binding, ns, name)
+        await self._delete(self.rbac.delete_namespaced_role, ns, name)
+        await self._delete(self.core.delete_namespaced_service_account, ns, name)
+
+    # --- reads -------------------------------------------------------------
+    async def service_account_names(self, ns: str, label_selector: str) -> list[str]:
+        data = await _json(
+            self.core.list_namespaced_service_account(
+                ns, label_selector=label_selector, _preload_content=False
+            )
+        )
+        return [str(item["metadata"]["name"]) for item in data.get("items", [])]
+
+    async def secret_value(self, ns: str, name: str, key: str) -> bytes | None:
+        try:
+            data = await _json(self.core.read_namespaced_secret(name, ns, _preload_content=False))
+        except NotFound:
+            return None
+        raw = (data.get("data") or {}).get(key)
+        return base64.b64decode(raw) if raw else None
+
+    async def get_loop(self, ns: str, name: str) -> Manifest | None:
+        try:
+            obj = await _call(
+                self.custom.get_namespaced_custom_object(
+                    c.API_GROUP, c.API_VERSION, ns, c.PLURAL, name
+                )
+            )
+        except NotFound:
+            return None
+        return dict(obj)
+
+    # --- patches -----------------------------------------------------------
+    async def annotate_pod(self, ns: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Patch operator-owned annotations (never the node's state key)."""
+        assert c.STATE_ANNOTATION not in annotations
+        await _call(
+            self.core.patch_namespaced_pod(
+                name,
+                ns,
+                {"metadata": {"annotations": dict(annotations)}},
+                _preload_content=False,
+            )
+        )
+
+    # --- leases --------------------------------------------------------------
+    async def read_lease(self, ns: str, name: str) -> LeaseRecord | None:
+        try:
+            data = await _json(self.coord.read_namespaced_lease(name, ns, _preload_content=False))
+        except NotFound:
+            return None
+        spec = data.get("spec") or {}
+        renewed = spec.get("renewTime")
+        return LeaseRecord(
+            holder=spec.get("holderIdentity"),
+            renewed=_parse_time(renewed) if renewed else None,
+            duration_seconds=int(spec.get("leaseDurationSeconds") or 15),
+            resource_version=data["metadata"].get("resourceVersion"),
+            transitions=int(spec.get("leaseTransitions") or 0),
+        )
+
+    async def write_lease(
+        self,
+        ns: str,
+        name: str,
+        *,
+        holder: str,
+        duration_seconds: int,
+        now: datetime,
+        previous: LeaseRecord | None,
+    ) -> bool:
+        """Create or take/renew the Lease; False if someone else wrote it first."""
+        transitions = 0 if previous is None else previous.transitions
+        taking = previous is None or previous.holder != holder
+        if previous is not None and taking:
+            transitions += 1
+        body = client.V1Lease(
+            api_version="coordination.k8s.io/v1",
+            kind="Lease",
+            metadata=client.V1ObjectMeta(
+                name=name,
+                namespace=ns,
+                resource_version=None if previous is None else previous.resource_version,
+            ),
+            spec=client.V1LeaseSpec(
+                holder_identity=holder,
+                lease_duration_seconds=duration_seconds,
+                renew_time=now.astimezone(UTC),
+                acquire_time=now.astimezone(UTC) if taking else None,
+                lease_transitions=transitions,
+            ),
+        )
+        try:
+            if previous is None:
+                await _call(self.coord.create_namespaced_lease(ns, body, _preload_content=False))
+            else:
+                await _call(
+                    self.coord.replace_namespaced_lease(name, ns, body, _preload_content=False)
+                )
+        except Conflict:
+            return False
+        return True
+
+
+def _parse_time(raw: str) -> datetime:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00"))

@@ -1,0 +1,163 @@
+"""`reactive-loop-operator`: leader election, health/metrics server, kopf.
+
+Configuration comes from `RLO_*` environment variables (see `config`). The
+health server answers /healthz (the process and its event loop live),
+/readyz (standby waiting for the Lease, or kopf running and ready) and
+/metrics (the operator's own registry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import aiohttp
+import kopf
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+from reactive_node import contract as c
+
+from . import handlers
+from .config import ConfigError, OperatorConfig, load
+from .kube import Kube
+from .leader import Elector
+from .metrics import OperatorMetrics
+from .nodes import NodeClient
+
+log = logging.getLogger("reactive_operator")
+
+
+@dataclass
+class Health:
+    """What /readyz reports."""
+
+    phase: str = "starting"  # starting | standby | leading | stopping
+    kopf_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "standby" or (self.phase == "leading" and self.kopf_ready.is_set())
+
+
+HEALTH = web.AppKey("health", Health)
+
+
+def create_app(registry: CollectorRegistry, health: Health) -> web.Application:
+    app = web.Application()
+    app[HEALTH] = health
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "phase": request.app[HEALTH].phase})
+
+    async def readyz(request: web.Request) -> web.Response:
+        h = request.app[HEALTH]
+        return web.json_response(
+            {"ready": h.ready, "phase": h.phase}, status=200 if h.ready else 503
+        )
+
+    app.router.add_get(c.HEALTH_PATH, healthz)
+    app.router.add_get(c.READY_PATH, readyz)
+    app.router.add_get(c.METRICS_PATH, make_aiohttp_handler(registry))
+    return app
+
+
+def kopf_settings(cfg: OperatorConfig) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # Keep kopf's bookkeeping in annotations of the ReactiveLoop: the status
+    # schema is structural, so kopf's default status fields would be pruned.
+    prefix = "kopf.reactive-loop.dev"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = prefix + "/finalizer"
+    settings.peering.standalone = True  # the Lease elects the one active replica
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    return settings
+
+
+async def run(cfg: OperatorConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    health = Health()
+    runner = web.AppRunner(create_app(registry, health), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, cfg.bind, cfg.port).start()
+    log.info("health and metrics on %s:%d", cfg.bind, cfg.port)
+
+    kube = await Kube.connect()
+    try:
+        async with aiohttp.ClientSession() as session:
+            nodes = NodeClient(session, cfg.node_timeout_seconds)
+            elector: Elector | None = None
+            if cfg.leader_election:
+                elector = Elector(
+                    kube,
+                    namespace=cfg.lease_namespace,
+                    name=cfg.lease_name,
+                    identity=cfg.identity,
+                    duration=cfg.lease_seconds,
+                )
+                health.phase = "standby"
+                if not await elector.acquire(stop):
+                    return 0
+            health.phase = "leading"
+            registry_k = kopf.OperatorRegistry()
+            handlers.register(registry_k, handlers.Deps(cfg, kube, nodes, metrics))
+            lost = False
+
+            async def on_lost() -> None:
+                nonlocal lost
+                lost = True
+                stop.set()
+
+            keeper = asyncio.create_task(elector.keep(stop, on_lost)) if elector else None
+            try:
+                await kopf.operator(
+                    registry=registry_k,
+                    settings=kopf_settings(cfg),
+                    standalone=True,
+                    clusterwide=not cfg.namespaces,
+                    namespaces=list(cfg.namespaces),
+                    stop_flag=stop,
+                    ready_flag=health.kopf_ready,
+                )
+            finally:
+                health.phase = "stopping"
+                stop.set()
+                if keeper is not None:
+                    await keeper
+            return 1 if lost else 0
+    finally:
+        await kube.close()
+        await runner.cleanup()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("RLO_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load(os.environ)
+    except ConfigError as e:
+        print(f"reactive-loop-operator: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(asyncio.run(run(cfg)))
+
+
+if __name__ == "__main__":
+    main()
