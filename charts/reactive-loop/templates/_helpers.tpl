@@ -45,6 +45,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* The operator's metrics Service: a DNS label too, so the suffix is kept within 63. */}}
+{{- define "reactive-loop.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "reactive-loop.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
 {{/* The name of the operator's ServiceAccount. */}}
 {{- define "reactive-loop.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
