@@ -66,15 +66,15 @@ test: system-deps venv tools lint typecheck ## everything: lint, types, all test
 # ---------------------------------------------------------------- local cluster
 .PHONY: cluster-up
 cluster-up: venv tools system-deps ## start the local Kubernetes cluster (.local-cluster/)
-	$(PY) -m localcluster up
+	PYTHONPATH=tests $(PY) -m localcluster up
 
 .PHONY: cluster-down
 cluster-down: ## stop the local cluster and remove everything it made
-	@if [ -x $(PY) ]; then $(PY) -m localcluster down; else echo "no venv: nothing to do"; fi
+	@if [ -x $(PY) ]; then PYTHONPATH=tests $(PY) -m localcluster down; else echo "no venv: nothing to do"; fi
 
 .PHONY: cluster-status
 cluster-status: ## say what of the local cluster runs
-	$(PY) -m localcluster status
+	PYTHONPATH=tests $(PY) -m localcluster status
 
 # ---------------------------------------------------------------- kind (needs Docker; not run in CI here)
 KIND_CLUSTER ?= reactive-loop

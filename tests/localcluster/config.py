@@ -1,0 +1,109 @@
+"""Where the local cluster keeps its files and which addresses it uses.
+
+One frozen value describes a cluster instance; every other module takes it as
+an argument instead of reading globals, so tests can build one for a temporary
+directory and the CLI builds the real one for the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Prefix of every network namespace, veth and iptables comment we create,
+#: so `down` can find leftovers of a crashed run without a state file.
+NAME_PREFIX = "rl"
+
+
+def checkout_root() -> Path:
+    """The repository root (this file lives in tests/localcluster/)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def tools_bin() -> Path:
+    """The cache the Go-built binaries live in (hack/build-tools.sh)."""
+    cache = os.environ.get("RL_CACHE") or str(Path.home() / ".cache" / "reactive-loop")
+    return Path(cache) / "bin"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Addresses, names and paths of one local cluster."""
+
+    root: Path
+    """The checkout; its `.venv/bin` comes first on every container's PATH."""
+    bin_dir: Path
+    """Directory holding etcd, kube-*, kubectl and helm."""
+    node_name: str = "rl-node"
+    bridge: str = "rlbr0"
+    bridge_cidr: str = "10.77.0.0/16"
+    gateway_ip: str = "10.77.0.1"
+    """The bridge's host address: apiserver, probes and scrapers come from here."""
+    pod_prefix_len: int = 16
+    service_cidr: str = "10.96.0.0/16"
+    kubernetes_service_ip: str = "10.96.0.1"
+    apiserver_port: int = 6443
+    etcd_client_port: int = 12379
+    etcd_peer_port: int = 12380
+    kcm_port: int = 10257
+    scheduler_port: int = 10259
+    cluster_domain: str = "cluster.local"
+
+    @classmethod
+    def default(cls) -> ClusterConfig:
+        return cls(root=checkout_root(), bin_dir=tools_bin())
+
+    # --- layout under <root>/.local-cluster --------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".local-cluster"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def etcd_dir(self) -> Path:
+        return self.state_dir / "etcd"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def pod_logs_dir(self) -> Path:
+        return self.logs_dir / "pods"
+
+    @property
+    def pids_dir(self) -> Path:
+        return self.state_dir / "pids"
+
+    @property
+    def pods_dir(self) -> Path:
+        """One directory per pod (by uid): hosts, resolv.conf, SA files, state.json."""
+        return self.state_dir / "pods"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / "env"
+
+    @property
+    def venv_bin(self) -> Path:
+        return self.root / ".venv" / "bin"
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def apiserver_pod_url(self) -> str:
+        """The apiserver as pods reach it (KUBERNETES_SERVICE_HOST/PORT)."""
+        return f"https://{self.gateway_ip}:{self.apiserver_port}"
+
+    def binary(self, name: str) -> Path:
+        return self.bin_dir / name

@@ -1,0 +1,414 @@
+"""`up`, `down` and `status` of the local cluster.
+
+`up` is idempotent: a cluster whose recorded processes all live and whose
+apiserver answers /readyz is reused; anything else (a crashed earlier run,
+half a cluster) is torn down first and started afresh. Each step waits for
+its component with a deadline and fails with the component's log tail.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import ssl
+import stat
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from localcluster import network, pki, procs
+from localcluster.config import ClusterConfig
+
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "helm",
+)
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be brought up; the message says why."""
+
+
+def say(msg: str) -> None:
+    print(f"[localcluster] {msg}", file=sys.stderr, flush=True)
+
+
+# --- small synchronous API client (admin identity) ----------------------------
+def _ssl_context(cfg: ClusterConfig, stem: str = "admin") -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cfg.pki_dir / "ca.crt"))
+    ctx.load_cert_chain(str(cfg.pki_dir / f"{stem}.crt"), str(cfg.pki_dir / f"{stem}.key"))
+    return ctx
+
+
+def api_get(cfg: ClusterConfig, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    """GET `path` on the apiserver as admin: (status, body); status 0 if unreachable."""
+    req = urllib.request.Request(cfg.apiserver_url + path)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=_ssl_context(cfg)) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode(errors="replace")
+    except (OSError, ssl.SSLError):
+        return 0, ""
+
+
+def api_json(cfg: ClusterConfig, path: str) -> dict[str, Any] | None:
+    code, body = api_get(cfg, path)
+    if code != 200:
+        return None
+    data: dict[str, Any] = json.loads(body)
+    return data
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float, log: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n  " + "\n  ".join(log.read_text(errors="replace").splitlines()[-15:])
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+# --- components ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Component:
+    name: str
+    args: list[str]
+    env: dict[str, str] | None = None
+
+
+def _kubeconfig_path(cfg: ClusterConfig, stem: str) -> Path:
+    return cfg.state_dir / "kubeconfigs" / f"{stem}.kubeconfig"
+
+
+def component_specs(cfg: ClusterConfig) -> list[Component]:
+    p = cfg.pki_dir
+    etcd_url = f"http://127.0.0.1:{cfg.etcd_client_port}"
+    peer_url = f"http://127.0.0.1:{cfg.etcd_peer_port}"
+    kcm_kc = str(_kubeconfig_path(cfg, "controller-manager"))
+    sched_kc = str(_kubeconfig_path(cfg, "scheduler"))
+    sched_cfg = cfg.state_dir / "kube-scheduler.yaml"
+    kubelet_env = dict(os.environ)
+    kubelet_env["PYTHONPATH"] = str(cfg.root / "tests")
+    kubelet_env["PYTHONUNBUFFERED"] = "1"
+    return [
+        Component(
+            "etcd",
+            [
+                str(cfg.binary("etcd")),
+                "--name=rl",
+                f"--data-dir={cfg.etcd_dir}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=rl={peer_url}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        ),
+        Component(
+            "kube-apiserver",
+            [
+                str(cfg.binary("kube-apiserver")),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={cfg.gateway_ip}",
+                f"--secure-port={cfg.apiserver_port}",
+                f"--cert-dir={p}",
+                f"--tls-cert-file={p / 'apiserver.crt'}",
+                f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={p / 'ca.crt'}",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,"
+                "DefaultTolerationSeconds,Priority,ResourceQuota,PodSecurity,NodeRestriction,"
+                "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+                f"--service-account-issuer=https://kubernetes.default.svc.{cfg.cluster_domain}",
+                f"--service-account-key-file={p / 'sa.pub'}",
+                f"--service-account-signing-key-file={p / 'sa.key'}",
+                f"--service-cluster-ip-range={cfg.service_cidr}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        ),
+        Component(
+            "kube-controller-manager",
+            [
+                str(cfg.binary("kube-controller-manager")),
+                f"--kubeconfig={kcm_kc}",
+                f"--authentication-kubeconfig={kcm_kc}",
+                f"--authorization-kubeconfig={kcm_kc}",
+                f"--service-account-private-key-file={p / 'sa.key'}",
+                f"--root-ca-file={p / 'ca.crt'}",
+                f"--cluster-signing-cert-file={p / 'ca.crt'}",
+                f"--cluster-signing-key-file={p / 'ca.key'}",
+                f"--service-cluster-ip-range={cfg.service_cidr}",
+                "--use-service-account-credentials=true",
+                "--controllers=*",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={cfg.kcm_port}",
+                "--node-monitor-period=2s",
+                "--profiling=false",
+                "--v=1",
+            ],
+        ),
+        Component(
+            "kube-scheduler",
+            [
+                str(cfg.binary("kube-scheduler")),
+                f"--config={sched_cfg}",
+                f"--authentication-kubeconfig={sched_kc}",
+                f"--authorization-kubeconfig={sched_kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={cfg.scheduler_port}",
+                "--profiling=false",
+                "--v=1",
+            ],
+        ),
+        Component(
+            "kubelet",
+            [
+                sys.executable,
+                "-m",
+                "localcluster.kubelet",
+                "--root",
+                str(cfg.root),
+                "--bin-dir",
+                str(cfg.bin_dir),
+            ],
+            env=kubelet_env,
+        ),
+    ]
+
+
+def pidfile(cfg: ClusterConfig, name: str) -> Path:
+    return cfg.pids_dir / f"{name}.pid"
+
+
+def log_path(cfg: ClusterConfig, name: str) -> Path:
+    return cfg.logs_dir / f"{name}.log"
+
+
+def component_record(cfg: ClusterConfig, name: str) -> procs.ProcRecord | None:
+    rec = procs.read_pidfile(pidfile(cfg, name))
+    return rec if rec is not None and rec.alive() else None
+
+
+# --- readiness checks -------------------------------------------------------------
+def etcd_healthy(cfg: ClusterConfig) -> bool:
+    try:
+        url = f"http://127.0.0.1:{cfg.etcd_client_port}/health"
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(json.loads(resp.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
+
+
+def apiserver_ready(cfg: ClusterConfig) -> bool:
+    return api_get(cfg, "/readyz")[0] == 200
+
+
+def node_ready(cfg: ClusterConfig) -> bool:
+    node = api_json(cfg, f"/api/v1/nodes/{cfg.node_name}")
+    if node is None:
+        return False
+    conds = node.get("status", {}).get("conditions", [])
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+    taints = node.get("spec", {}).get("taints") or []
+    blocked = any(t.get("key", "").startswith("node.kubernetes.io/not-ready") for t in taints)
+    return ready and not blocked
+
+
+def default_sa_exists(cfg: ClusterConfig) -> bool:
+    return api_json(cfg, "/api/v1/namespaces/default/serviceaccounts/default") is not None
+
+
+def healthy(cfg: ClusterConfig) -> bool:
+    return all(component_record(cfg, c) is not None for c in COMPONENTS) and apiserver_ready(cfg)
+
+
+# --- host preparation ---------------------------------------------------------------
+def check_prerequisites(cfg: ClusterConfig) -> None:
+    if os.geteuid() != 0:
+        raise ClusterError("the local cluster needs root (network namespaces, bridge, mounts)")
+    missing = [b for b in BINARIES if not os.access(cfg.binary(b), os.X_OK)]
+    if missing:
+        raise ClusterError(
+            f"missing binaries in {cfg.bin_dir}: {', '.join(missing)} (run: make tools)"
+        )
+    for tool in ("ip", "iptables", "openssl", "unshare", "setpriv", "mount"):
+        if shutil.which(tool) is None:
+            raise ClusterError(f"missing host tool {tool!r} (run: make system-deps)")
+    if not cfg.venv_bin.is_dir():
+        raise ClusterError(f"no virtualenv at {cfg.venv_bin.parent} (run: make venv)")
+
+
+def make_venv_reachable(cfg: ClusterConfig) -> None:
+    """Let non-root containers (securityContext.runAsUser) run the venv's python.
+
+    Adds only the search (x) bit for others on ancestor directories that lack
+    it (typically /root, where pyenv keeps the interpreter); nothing is made
+    listable or readable that was not.
+    """
+    targets = [cfg.venv_bin, Path(os.path.realpath(cfg.venv_bin / "python"))]
+    for target in targets:
+        for d in [*reversed(target.parents), target if target.is_dir() else target.parent]:
+            mode = d.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                d.chmod(mode | stat.S_IXOTH)
+                say(f"added o+x to {d} so pods running as non-root can reach the venv")
+
+
+def write_configs(cfg: ClusterConfig) -> None:
+    for d in (cfg.state_dir, cfg.logs_dir, cfg.pod_logs_dir, cfg.pids_dir, cfg.pods_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    pki.ensure_pki(cfg)
+    pki.write_kubeconfig(cfg, cfg.kubeconfig, "admin", cfg.apiserver_url)
+    for stem in ("controller-manager", "scheduler", "kubelet"):
+        pki.write_kubeconfig(cfg, _kubeconfig_path(cfg, stem), stem, cfg.apiserver_url)
+    sched = {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": str(_kubeconfig_path(cfg, "scheduler"))},
+        "leaderElection": {"leaderElect": False},
+    }
+    (cfg.state_dir / "kube-scheduler.yaml").write_text(yaml.safe_dump(sched))
+    cfg.env_file.write_text(
+        "# source me: the local cluster's kubeconfig and the built kubectl/helm\n"
+        f"export KUBECONFIG={cfg.kubeconfig}\n"
+        f'export PATH={cfg.bin_dir}:{cfg.venv_bin}:"$PATH"\n'
+    )
+    # Pods bind-mount their ServiceAccount directory over this path.
+    Path("/run/secrets/kubernetes.io/serviceaccount").mkdir(parents=True, exist_ok=True)
+
+
+# --- up / down / status --------------------------------------------------------------
+READY_CHECKS: dict[str, tuple[Callable[[ClusterConfig], bool], float]] = {
+    "etcd": (etcd_healthy, 30.0),
+    "kube-apiserver": (apiserver_ready, 90.0),
+}
+
+
+def up(cfg: ClusterConfig) -> float:
+    """Start (or reuse) the cluster; returns the seconds it took."""
+    t0 = time.monotonic()
+    if healthy(cfg) and node_ready(cfg):
+        say("cluster already running; reusing it")
+        return time.monotonic() - t0
+    check_prerequisites(cfg)
+    if any(procs.read_pidfile(pidfile(cfg, c)) for c in COMPONENTS) or network.list_pod_netns():
+        say("found leftovers of an earlier run; cleaning up first")
+        down(cfg, quiet=True)
+    make_venv_reachable(cfg)
+    write_configs(cfg)
+    network.setup_host(cfg)
+    for comp in component_specs(cfg):
+        log = log_path(cfg, comp.name)
+        rec = procs.spawn(comp.args, log, comp.env)
+        procs.write_pidfile(pidfile(cfg, comp.name), rec)
+        say(f"started {comp.name} (pid {rec.pid}, log {log})")
+        if comp.name in READY_CHECKS:
+            check, timeout = READY_CHECKS[comp.name]
+            ready = functools.partial(_ready_or_dead, cfg, rec, check, comp.name)
+            wait_until(f"{comp.name} to become ready", ready, timeout, log)
+    wait_until(
+        f"node {cfg.node_name} to be Ready and untainted",
+        lambda: node_ready(cfg) or _fail_if_dead(cfg),
+        60,
+        log_path(cfg, "kubelet"),
+    )
+    wait_until(
+        "the default ServiceAccount (kube-controller-manager)",
+        lambda: default_sa_exists(cfg) or _fail_if_dead(cfg),
+        60,
+        log_path(cfg, "kube-controller-manager"),
+    )
+    took = time.monotonic() - t0
+    say(f"cluster ready in {took:.1f}s; run: source {cfg.env_file}")
+    return took
+
+
+def _ready_or_dead(
+    cfg: ClusterConfig, rec: procs.ProcRecord, check: Callable[[ClusterConfig], bool], name: str
+) -> bool:
+    if not rec.alive():
+        tail = "\n  ".join(log_path(cfg, name).read_text(errors="replace").splitlines()[-15:])
+        raise ClusterError(f"{name} exited during start-up:\n  {tail}")
+    return check(cfg)
+
+
+def _fail_if_dead(cfg: ClusterConfig) -> bool:
+    for name in COMPONENTS:
+        if component_record(cfg, name) is None:
+            tail = "\n  ".join(log_path(cfg, name).read_text(errors="replace").splitlines()[-15:])
+            raise ClusterError(f"{name} is not running:\n  {tail}")
+    return False
+
+
+def down(cfg: ClusterConfig, quiet: bool = False) -> list[str]:
+    """Stop everything recorded and remove every host artefact; idempotent."""
+    report: list[str] = []
+    for name in reversed(COMPONENTS):
+        rec = procs.read_pidfile(pidfile(cfg, name))
+        if rec is not None and rec.alive():
+            procs.stop(rec)
+            report.append(f"stopped {name} (pid {rec.pid})")
+        pidfile(cfg, name).unlink(missing_ok=True)
+    # Container processes live in our network namespaces: find them there,
+    # so this works even when the kubelet died without writing state.
+    for ns in network.list_pod_netns():
+        out = network.run(["ip", "netns", "pids", ns], check=False).stdout.split()
+        for pid in out:
+            rec = procs.ProcRecord.of(int(pid))
+            if rec is not None:
+                procs.stop(rec, grace=1.0)
+                report.append(f"killed pod process {pid} in {ns}")
+    report += network.teardown_host(cfg)
+    for d in (cfg.etcd_dir, cfg.pods_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    if not quiet:
+        for line in report or ["nothing was running"]:
+            say(line)
+    return report
+
+
+def status(cfg: ClusterConfig) -> dict[str, Any]:
+    """What runs: each component's pid (or None), apiserver/node readiness, pods."""
+    comps: dict[str, int | None] = {}
+    for name in COMPONENTS:
+        rec = component_record(cfg, name)
+        comps[name] = rec.pid if rec else None
+    result: dict[str, Any] = {"components": comps, "apiserver_ready": False}
+    if comps["kube-apiserver"] and apiserver_ready(cfg):
+        result["apiserver_ready"] = True
+        result["node_ready"] = node_ready(cfg)
+        pods = api_json(cfg, "/api/v1/pods") or {"items": []}
+        result["pods"] = [
+            f"{p['metadata']['namespace']}/{p['metadata']['name']}: "
+            f"{p.get('status', {}).get('phase', '?')}"
+            for p in pods["items"]
+        ]
+    result["netns"] = network.list_pod_netns()
+    result["kubeconfig"] = str(cfg.kubeconfig)
+    return result
