@@ -90,13 +90,6 @@ def plan(
         )
     )
 
-    wanted = str(replicas)
-    annotate = tuple(
-        p.name
-        for p in sorted(pods, key=lambda p: p.ordinal)
-        if p.ordinal < replicas and not p.deleting and p.replicas_annotation != wanted
-    )
-
     roll: str | None = None
     healthy = (
         not create_pods
@@ -112,6 +105,17 @@ def plan(
         roll = max(outdated, key=lambda p: p.ordinal).name
     elif outdated:
         notes.append(f"{len(outdated)} pod(s) outdated; rolling waits until every node is ready")
+
+    wanted = str(replicas)
+    annotate = tuple(
+        p.name
+        for p in sorted(pods, key=lambda p: p.ordinal)
+        if p.ordinal < replicas
+        and not p.deleting
+        and p.name not in delete_pods
+        and p.name != roll
+        and p.replicas_annotation != wanted
+    )
 
     return Plan(
         create_rbac=create_rbac,

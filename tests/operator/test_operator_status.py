@@ -1,0 +1,169 @@
+"""Status aggregation and conditions from node reports (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from reactive_operator.plan import PodView
+from reactive_operator.spec import parse_spec
+from reactive_operator.status import NodeReport, aggregate, parse_report, status_patch
+
+NOW = "2026-01-01T00:00:00Z"
+
+
+def pods(n: int, ready: bool = True) -> list[PodView]:
+    return [
+        PodView(name=f"d-{i}", ordinal=i, phase="Running", ready=ready, ip=f"10.0.0.{i + 2}")
+        for i in range(n)
+    ]
+
+
+def report(name: str, **kw: Any) -> NodeReport:
+    summary = kw.pop("summary", {})
+    out = parse_report({"node": name, "phase": "looping", "summary": summary, **kw})
+    assert out is not None
+    return out
+
+
+def cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def run(
+    raw: dict[str, Any], ps: list[PodView], reports: Mapping[str, NodeReport | None], **kw: Any
+) -> dict[str, Any]:
+    args: dict[str, Any] = dict(
+        name="d",
+        generation=4,
+        spec=parse_spec(raw),
+        spec_error=None,
+        pods=ps,
+        reports=reports,
+        target_generation=None,
+        target_digest=None,
+        injected_generation=None,
+        previous_conditions=[],
+        now=NOW,
+    )
+    args.update(kw)
+    return aggregate(**args)
+
+
+def test_converged_when_every_node_holds_the_target_generation() -> None:
+    ps = pods(3)
+    reps = {p.name: report(p.name, summary={"generation": 4, "target": {"x": 1}}) for p in ps}
+    st_ = run({"target": {"x": 1}}, ps, reps, target_generation=4)
+    assert st_["looping"] == 3
+    assert st_["waiting"] == 0
+    assert st_["readyReplicas"] == 3
+    assert st_["convergedGeneration"] == 4
+    assert cond(st_, "Converged")["status"] == "True"
+    assert cond(st_, "Ready")["status"] == "True"
+    assert cond(st_, "Degraded")["status"] == "False"
+    assert all(c["observedGeneration"] == 4 for c in st_["conditions"])
+
+
+def test_not_converged_while_one_node_lags() -> None:
+    ps = pods(3)
+    reps = {p.name: report(p.name, summary={"generation": 4}) for p in ps}
+    reps["d-2"] = report("d-2", phase="waiting", summary={"generation": 2})
+    st_ = run({"target": {"x": 1}}, ps, reps, target_generation=4)
+    assert cond(st_, "Converged")["status"] == "False"
+    assert "2/3" in cond(st_, "Converged")["message"]
+    assert st_["convergedGeneration"] == 2
+    assert st_["waiting"] == 1
+
+
+def test_unreachable_ready_node_degrades() -> None:
+    ps = pods(2)
+    st_ = run({}, ps, {"d-0": report("d-0"), "d-1": None})
+    degraded = cond(st_, "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "NodesUnreachable"
+    assert st_["nodes"][1]["phase"] == "unreachable"
+
+
+def test_state_error_degrades_with_the_node_named() -> None:
+    ps = pods(2)
+    reps = {"d-0": report("d-0"), "d-1": report("d-1", stateError="not JSON")}
+    st_ = run({}, ps, reps)
+    degraded = cond(st_, "Degraded")
+    assert degraded["reason"] == "InvalidNodeState"
+    assert "d-1: not JSON" in degraded["message"]
+
+
+def test_invalid_spec_condition() -> None:
+    st_ = run({}, pods(1), {}, spec=None, spec_error="loop.timeout must be smaller")
+    assert cond(st_, "Degraded")["reason"] == "InvalidSpec"
+    assert st_["summary"] == "invalid spec"
+
+
+def test_token_holder_is_the_newest_epoch() -> None:
+    ps = pods(3)
+    reps = {
+        "d-0": report("d-0", summary={"holding": False, "epoch": [3, 2]}),
+        "d-1": report("d-1", summary={"holding": True, "epoch": [4, 0]}),
+        "d-2": report("d-2", summary={"holding": False, "epoch": [4, 0]}),
+    }
+    st_ = run({"behavior": "token"}, ps, reps)
+    assert st_["token"] == {"holders": 1, "holder": "d-1", "term": 4, "ordinal": 0}
+    assert cond(st_, "TokenHealthy")["status"] == "True"
+    reps["d-0"] = report("d-0", summary={"holding": False})
+    reps["d-1"] = report("d-1", summary={"holding": False})
+    lost = run({"behavior": "token"}, ps, reps)
+    assert cond(lost, "TokenHealthy")["reason"] == "TokenLost"
+
+
+def test_transition_time_moves_only_on_change() -> None:
+    ps = pods(1)
+    first = run({"replicas": 1}, ps, {"d-0": report("d-0")}, now="2026-01-01T00:00:00Z")
+    again = run(
+        {"replicas": 1},
+        ps,
+        {"d-0": report("d-0")},
+        now="2026-01-01T00:05:00Z",
+        previous_conditions=first["conditions"],
+    )
+    assert cond(again, "Ready")["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    flipped = run(
+        {"replicas": 1},
+        pods(1, ready=False),
+        {"d-0": report("d-0")},
+        now="2026-01-01T00:06:00Z",
+        previous_conditions=again["conditions"],
+    )
+    assert cond(flipped, "Ready")["lastTransitionTime"] == "2026-01-01T00:06:00Z"
+
+
+def test_status_patch_is_empty_when_nothing_changed() -> None:
+    ps = pods(2)
+    reps = {p.name: report(p.name) for p in ps}
+    first = run({}, ps, reps)
+    second = run({}, ps, reps, now="2026-01-01T01:00:00Z", previous_conditions=first["conditions"])
+    assert status_patch(first, second) == {}
+    assert status_patch({**first, "token": {"holders": 1}}, second) == {"token": None}
+
+
+def test_bad_report_is_ignored() -> None:
+    assert parse_report({"phase": "looping"}) is None  # no node name
+    assert parse_report({"node": "x", "loops": "many"}) is None
+
+
+@given(
+    n=st.integers(min_value=1, max_value=100),
+    phases=st.lists(
+        st.sampled_from(["looping", "waiting", "starting", None]), min_size=100, max_size=100
+    ),
+)
+def test_counts_add_up_and_nodes_are_bounded(n: int, phases: list[str | None]) -> None:
+    ps = pods(n)
+    reps = {
+        p.name: (report(p.name, phase=phases[p.ordinal]) if phases[p.ordinal] else None) for p in ps
+    }
+    st_ = run({"replicas": n}, ps, reps)
+    assert st_["looping"] + st_["waiting"] == n
+    assert st_["looping"] == sum(1 for p in ps if phases[p.ordinal] == "looping")
+    assert len(st_["nodes"]) == min(n, 64)
