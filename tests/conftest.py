@@ -1,0 +1,84 @@
+"""Shared pytest fixtures: the local Kubernetes cluster (docs/testing.md).
+
+Mark cluster tests `@pytest.mark.cluster` (a test that uses the fixtures gets
+the marker automatically). They are never skipped: if the cluster cannot
+start, the session fails with the reason, in CI (CI=true) and outside.
+
+Fixtures
+- `local_cluster` (session) -> `localcluster.Cluster`: starts the cluster
+  like `make cluster-up` or reuses a running one. If this session started
+  it, it is stopped at the end unless RL_KEEP_CLUSTER=1.
+- `cluster` -> the same `Cluster`, for brevity.
+- `namespace` -> str: a fresh namespace for this test (its `default`
+  ServiceAccount already exists), deleted afterwards.
+
+`Cluster` API (tests/localcluster/cluster.py)
+- `kubeconfig: Path`, `env: dict` (KUBECONFIG + PATH with kubectl/helm),
+  `cfg: ClusterConfig` (paths, gateway_ip, apiserver_pod_url, ...)
+- `kubectl(*args, check=True, input=None, timeout=60) -> CompletedProcess[str]`
+- `helm(*args, check=True, input=None, timeout=180) -> CompletedProcess[str]`
+- `apply(yaml_text, namespace=None)`, `get(kind, name=None, namespace=None) -> dict | None`
+- `wait_for(condition, timeout=30, interval=0.2, what="...") -> value`: polls until
+  truthy, raises `WaitTimeout` (an AssertionError) with `what` otherwise
+- `pod_ready(ns, name) -> bool`, `pod(ns, name) -> PodHandle` (ip, netns,
+  container PIDs, directory), `logs(ns, pod, container) -> str`
+- `exec_in_pod(ns, name, argv) -> CompletedProcess`: run a command in the
+  pod's network namespace with its /etc/hosts (as root)
+- `faults.cut(ns, pod, peer=None, include_host=False)`, `faults.restore(ns, pod)`,
+  `faults.kill(ns, pod, container=None)`
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from localcluster import Cluster, control
+from localcluster.config import ClusterConfig
+
+CLUSTER_FIXTURES = {"local_cluster", "cluster", "namespace"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[Cluster]:
+    cfg = ClusterConfig.default()
+    started = False
+    if not (control.healthy(cfg) and control.node_ready(cfg)):
+        try:
+            control.up(cfg)
+        except (control.ClusterError, OSError) as e:
+            where = "in CI" if os.environ.get("CI") == "true" else "here"
+            pytest.fail(f"the local cluster could not start {where}: {e}", pytrace=False)
+        started = True
+    yield Cluster(cfg)
+    if started and os.environ.get("RL_KEEP_CLUSTER") != "1":
+        control.down(cfg)
+
+
+@pytest.fixture
+def cluster(local_cluster: Cluster) -> Cluster:
+    return local_cluster
+
+
+@pytest.fixture
+def namespace(local_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{base}-{secrets.token_hex(2)}"
+    local_cluster.kubectl("create", "namespace", name)
+    local_cluster.kubectl("label", "namespace", name, "reactive-loop.dev/test=true")
+    local_cluster.wait_for(
+        lambda: local_cluster.get("serviceaccount", "default", name),
+        timeout=30,
+        what=f"the default ServiceAccount of namespace {name}",
+    )
+    yield name
+    local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
