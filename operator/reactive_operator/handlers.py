@@ -172,7 +172,8 @@ class Reconciler:
         )
         if spec.auth.hmac:
             secret = builders.hmac_secret_name(self.name)
-            key = secrets.token_bytes(32)
+            # Printable: the node reads the key from an env var (secretKeyRef).
+            key = secrets.token_hex(32).encode()
             if await kube.create(builders.hmac_secret(self.owner, key)):
                 memo.hmac_key = key
                 self.event("Normal", "Created", f"created HMAC Secret {secret}")

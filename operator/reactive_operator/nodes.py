@@ -29,15 +29,18 @@ class InjectResult:
 class NodeClient:
     """Talks to nodes; `boot` and `seq` make every injection newer than the last."""
 
-    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, timeout: float, port: int = c.DEFAULT_PORT
+    ) -> None:
         self._session = session
+        self._port = port
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.boot = time.time_ns()
         self._seq = itertools.count(1)
 
     async def state(self, ip: str) -> Mapping[str, Any] | None:
         """The node's `/v1/state` document, or None when it cannot be asked."""
-        url = f"http://{_host(ip)}:{c.DEFAULT_PORT}{c.STATE_PATH}"
+        url = f"http://{_host(ip)}:{self._port}{c.STATE_PATH}"
         try:
             async with self._session.get(url, timeout=self._timeout) as r:
                 if r.status != 200:
@@ -70,7 +73,7 @@ class NodeClient:
         headers = {"Content-Type": "application/json"}
         if hmac_key is not None:
             headers[c.SIGNATURE_HEADER] = codec.sign(hmac_key, body)
-        url = f"http://{_host(ip)}:{c.DEFAULT_PORT}{c.ROUNDTRIP_PATH}"
+        url = f"http://{_host(ip)}:{self._port}{c.ROUNDTRIP_PATH}"
         try:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=self._timeout
