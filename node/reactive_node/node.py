@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from . import contract
 from .backoff import Backoff
-from .behaviors import Behavior, Context, InvalidState, Settings, State
+from .behaviors import Behavior, Context, InvalidState, Settings, State, peer_hint
 from .codec import (
     RoundTripRequest,
     RoundTripResponse,
@@ -291,7 +291,10 @@ class Node:
     async def step(self, transport: Transport) -> bool:
         """One round trip to the next peer; returns whether it succeeded."""
         assert self.state is not None
-        peer = self.picker.pick(self.replicas)
+        peer = peer_hint(self.behavior, self.state, self.context())
+        hinted = peer is not None
+        if peer is None:
+            peer = self.picker.pick(self.replicas)
         address = None if peer is None else self.config.peer_address(peer)
         if peer is None or address is None:
             self._record(None, "no_peer")
@@ -331,7 +334,8 @@ class Node:
             except (ValidationError, InvalidState, ValueError) as e:
                 log.info("node %s: bad answer from %s: %s", self.config.node, peer_name, e)
                 reason = "rejected"
-        self.picker.record(reason is None)
+        if not hinted:
+            self.picker.record(reason is None)
         if theirs is None:
             self._record(peer_name, reason or "rejected")
             return False

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Behavior, Context, InvalidState, Settings, State, Summary, canonical
+from .base import (
+    Behavior,
+    Context,
+    InvalidState,
+    PeerHinting,
+    Settings,
+    State,
+    Summary,
+    canonical,
+    peer_hint,
+)
 from .converge import Converge
 from .token import Token
 
@@ -19,12 +29,14 @@ __all__ = [
     "Context",
     "Converge",
     "InvalidState",
+    "PeerHinting",
     "Settings",
     "State",
     "Summary",
     "Token",
     "canonical",
     "load_behavior",
+    "peer_hint",
 ]
 
 BUILTIN: dict[str, type[Converge] | type[Token]] = {"converge": Converge, "token": Token}

@@ -88,6 +88,28 @@ class Behavior(Protocol):
         ...
 
 
+@runtime_checkable
+class PeerHinting(Protocol):
+    """Optional extra of a behaviour: a peer its state needs to reach next.
+
+    The token behaviour uses it so a pending hand-off goes to the node it was
+    offered to, whatever the topology would pick. The loop calls it before
+    picking a peer; None means: let the topology choose.
+    """
+
+    def peer_hint(self, mine: State, ctx: Context) -> int | None: ...
+
+
+def peer_hint(behavior: Behavior, mine: State, ctx: Context) -> int | None:
+    """The behaviour's hint if it gives one and it names another existing node."""
+    if not isinstance(behavior, PeerHinting):
+        return None
+    hint = behavior.peer_hint(mine, ctx)
+    if hint is None or hint == ctx.ordinal or not 0 <= hint < ctx.replicas:
+        return None
+    return hint
+
+
 def canonical(value: Any) -> str:
     """Canonical JSON text: sorted keys, no spaces. Equal values, equal text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

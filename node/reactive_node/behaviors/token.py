@@ -11,10 +11,12 @@ State (one JSON object)::
 Epochs are pairs compared in order; an epoch names its holder's ordinal, so two
 holders never share one. The giver chooses the receiver's epoch when it makes
 an offer (the next term, the receiver's ordinal) and persists the offer before
-it sends it. If it has to re-target the offer (the successor is unreachable and
-the ring skips it), the new offer takes a still higher term, so a receiver that
-accepted an earlier offer whose answer was lost holds a lower epoch and is
-fenced off. The receiver persists holding before it answers (the node does
+it sends it, and never re-targets it (the target may have accepted and its
+answer got lost): it keeps offering until the target answers (`peer_hint`
+steers the loop to that target whatever the topology picks). So each epoch
+has exactly one successor and acquisitions along the chain only increase.
+Only if the loop shrinks below the target does the giver re-offer elsewhere,
+with a still higher term. The receiver persists holding before it answers (the node does
 that for every `respond`); the giver releases when the answer shows an epoch
 newer than its own. Whoever sees a newer epoch than the one it holds releases.
 
@@ -146,11 +148,14 @@ class Token:
         if mine["holding"]:
             if ctx.now - float(mine["since"]) < settings.token_hold:
                 return mine
+            offer = mine["offer"]
+            if offer is not None and offer["to"] < ctx.replicas:
+                # Never re-target an offer: the target may have accepted it and
+                # its answer got lost. Keep offering until it answers (then it
+                # holds, or it shows a newer epoch and this node releases).
+                return mine
             peer = ctx.peer
             if peer is None or peer == ctx.ordinal:
-                return mine
-            offer = mine["offer"]
-            if offer is not None and offer["to"] == peer:
                 return mine
             term = int(mine["epoch"][0])
             if offer is not None:
@@ -171,6 +176,11 @@ class Token:
             "seenAt": ctx.now,
             "offer": None,
         }
+
+    def peer_hint(self, mine: State, ctx: Context) -> int | None:
+        """While an offer is pending, round-trip to its target."""
+        offer = mine["offer"]
+        return int(offer["to"]) if mine["holding"] and offer is not None else None
 
     def summary(self, state: State) -> Summary:
         epoch = state["epoch"]
