@@ -48,10 +48,16 @@ def deployment(name: str, replicas: int, c: Obj) -> Obj:
     }
 
 
-def service(name: str, port: int, headless: bool = False, selector: Obj | None = None) -> Obj:
+def service(
+    name: str,
+    port: int,
+    headless: bool = False,
+    selector: Obj | None = None,
+    target: int | str | None = None,
+) -> Obj:
     spec: Obj = {
         "selector": selector or {"app": name},
-        "ports": [{"name": "http", "port": port, "targetPort": port}],
+        "ports": [{"name": "http", "port": port, "targetPort": target or port}],
     }
     if headless:
         spec["clusterIP"] = "None"

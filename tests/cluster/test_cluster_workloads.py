@@ -24,7 +24,8 @@ def wait_pod_phase(cluster: Cluster, ns: str, name: str, phase: str, timeout: fl
 
 def test_deployment_ready_and_reached_by_service_dns(cluster: Cluster, namespace: str) -> None:
     cluster.apply(
-        o.dump(o.deployment("web", 1, o.http_server()), o.service("web", 8000)), namespace
+        o.dump(o.deployment("web", 1, o.http_server()), o.service("web", 80, target="http")),
+        namespace,
     )
     cluster.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=60s")
     pods = cluster.get("pods", namespace=namespace)["items"]
@@ -36,7 +37,8 @@ def test_deployment_ready_and_reached_by_service_dns(cluster: Cluster, namespace
         c for c in status["conditions"] if c["type"] == "Ready"
     ).items()
 
-    url = f"http://web.{namespace}.svc.cluster.local:8000/"
+    # Service port 80 -> targetPort "http" (8000): the pod's netns redirects it.
+    url = f"http://web.{namespace}.svc.cluster.local/"
     script = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).status)"
     cluster.apply(o.dump(o.script_pod("client", script)), namespace)
     wait_pod_phase(cluster, namespace, "client", "Succeeded")

@@ -167,3 +167,13 @@ def test_write_in_place_keeps_inode(tmp_path: Path) -> None:
     assert not write_in_place(path, "one\n")
     assert write_in_place(path, "two\n")
     assert (path.stat().st_ino, path.read_text()) == (inode, "two\n")
+
+
+def test_port_redirects_for_selecting_services() -> None:
+    pod = mkpod("p")
+    pod["spec"]["containers"] = [{"name": "c", "ports": [{"name": "http", "containerPort": 8000}]}]
+    services = [svc("a"), svc("b"), svc("c", ns="other")]
+    services[0]["spec"]["ports"] = [{"port": 80, "targetPort": "http"}, {"port": 8000}]
+    services[1]["spec"]["ports"] = [{"port": 9090, "targetPort": 9091}]
+    services[2]["spec"]["ports"] = [{"port": 1, "targetPort": 2}]
+    assert specs.port_redirects(pod, services) == [(80, 8000), (9090, 9091)]

@@ -225,7 +225,9 @@ class Agent:
             for worker in list(self.workers.values()):
                 try:
                     worker.refresh_hosts()
-                except OSError:
+                    wanted = specs.port_redirects(worker.pod, self.services.values())
+                    await worker.apply_redirects(wanted)
+                except (OSError, RuntimeError):
                     log.exception("hosts of %s/%s", worker.ns, worker.name)
 
     # --- main ----------------------------------------------------------------------------

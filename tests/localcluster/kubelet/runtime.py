@@ -136,6 +136,7 @@ class PodWorker:
         self.finished = asyncio.Event()
         self.last_status: Obj | None = None
         self.removed_from_api = False
+        self.redirects: list[tuple[int, int]] = []
 
     # --- entry points used by the agent ------------------------------------------
     def start(self) -> None:
@@ -242,6 +243,37 @@ class PodWorker:
         pod = dict(self.pod)
         pod["status"] = dict(pod.get("status") or {}, podIP=self.ip)
         write_in_place(self.dir / "hosts", self.render_hosts(pod))
+
+    async def apply_redirects(self, wanted: list[tuple[int, int]]) -> None:
+        """Make the pod's netns redirect Service ports to their target ports."""
+        if wanted == self.redirects or self.net is None or not self.sandbox_ready:
+            return
+        ipt = ["ip", "netns", "exec", self.net.netns, "iptables", "-w", "-t", "nat"]
+        if not self.redirects:
+            await run_cmd([*ipt, "-N", "RL-SVC"], check=False)
+            await run_cmd([*ipt, "-A", "PREROUTING", "-j", "RL-SVC"], check=False)
+            await run_cmd([*ipt, "-A", "OUTPUT", "-j", "RL-SVC"], check=False)
+        await run_cmd([*ipt, "-F", "RL-SVC"], check=False)
+        for port, target in wanted:
+            await run_cmd(
+                [
+                    *ipt,
+                    "-A",
+                    "RL-SVC",
+                    "-p",
+                    "tcp",
+                    "-d",
+                    str(self.ip),
+                    "--dport",
+                    str(port),
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    str(target),
+                ],
+                check=False,
+            )
+        self.redirects = wanted
 
     # --- containers ------------------------------------------------------------------
     def _security(self, c: Obj) -> tuple[int | None, int]:

@@ -337,3 +337,36 @@ def pod_status(
         status["podIP"] = pod_ip
         status["podIPs"] = [{"ip": pod_ip}]
     return status
+
+
+def port_redirects(pod: Obj, services: Iterable[Obj]) -> list[tuple[int, int]]:
+    """(service port, target port) pairs that differ, for Services selecting `pod`.
+
+    Service names resolve straight to pod addresses (there is no kube-proxy),
+    so a client connects to podIP:port; the pod's netns redirects that port
+    to the targetPort.
+    """
+    meta = pod["metadata"]
+    named: dict[str, int] = {}
+    for c in pod.get("spec", {}).get("containers") or []:
+        for p in c.get("ports") or []:
+            if p.get("name"):
+                named[p["name"]] = int(p["containerPort"])
+    out: set[tuple[int, int]] = set()
+    for svc in services:
+        spec = svc.get("spec", {})
+        selector = spec.get("selector") or {}
+        if svc["metadata"]["namespace"] != meta["namespace"] or not selector:
+            continue
+        if not _matches(selector, meta.get("labels") or {}):
+            continue
+        for port in spec.get("ports") or []:
+            if port.get("protocol", "TCP") != "TCP":
+                continue
+            target = port.get("targetPort", port["port"])
+            tport = named.get(target) if isinstance(target, str) and not target.isdigit() else None
+            if tport is None:
+                tport = int(target) if str(target).isdigit() else None
+            if tport is not None and tport != int(port["port"]):
+                out.add((int(port["port"]), tport))
+    return sorted(out)
