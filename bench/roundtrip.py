@@ -215,19 +215,47 @@ async def measure(rounds: int, per_round: int, warmup: int) -> dict[str, Any]:
                 await writer.drain()
                 json.loads(await reader.readline())
 
-            ops = {"loop": loop_step, "aiohttp": aiohttp_echo, "asyncio": asyncio_echo}
+            probe_seq = iter(range(1, 10**9))
+
+            async def node_server_only() -> None:
+                # The node's server side alone: a plain client sends a ready-made round trip.
+                request = {
+                    "loop": LOOP,
+                    "from": "probe",
+                    "boot": 1,
+                    "seq": next(probe_seq),
+                    "state": initiator.state,
+                }
+                outcome = await transport(
+                    f"http://{responder}{contract.ROUNDTRIP_PATH}",
+                    json.dumps(request).encode(),
+                    headers,
+                )
+                if outcome.status != 200:
+                    raise RuntimeError(f"round trip failed: {outcome}")
+                json.loads(outcome.body)
+
+            ops = {
+                "loop": loop_step,
+                "aiohttp": aiohttp_echo,
+                "asyncio": asyncio_echo,
+                "node_server": node_server_only,
+            }
             for op in ops.values():
                 await _timed(op, warmup)
             samples: dict[str, list[float]] = {k: [] for k in ops}
-            cpu: dict[str, float] = dict.fromkeys(ops, 0.0)
+            client: dict[str, float] = dict.fromkeys(ops, 0.0)
+            server: dict[str, float] = dict.fromkeys(ops, 0.0)
             for _ in range(rounds):
                 for name, op in ops.items():
-                    server_cpu, client_cpu = _cpu_seconds(procs[name].pid), time.process_time()
+                    pid = procs["loop" if name == "node_server" else name].pid
+                    server_cpu, client_cpu = _cpu_seconds(pid), time.process_time()
                     samples[name] += await _timed(op, per_round)
-                    cpu[name] += time.process_time() - client_cpu
-                    cpu[name] += _cpu_seconds(procs[name].pid) - server_cpu
+                    client[name] += time.process_time() - client_cpu
+                    server[name] += _cpu_seconds(pid) - server_cpu
             writer.close()
         n = rounds * per_round
+        cpu = {k: client[k] + server[k] for k in ops}
         loop_p50 = statistics.median(samples["loop"])
         aio_p50 = statistics.median(samples["aiohttp"])
         return {
@@ -239,7 +267,13 @@ async def measure(rounds: int, per_round: int, warmup: int) -> dict[str, Any]:
             "asyncio_p50_us": round(statistics.median(samples["asyncio"]), 1),
             "asyncio_p99_us": round(_percentile(samples["asyncio"], 0.99), 1),
             "ratio_loop_vs_aiohttp": round(loop_p50 / aio_p50, 3),
+            "node_server_only_p50_us": round(statistics.median(samples["node_server"]), 1),
+            "node_server_only_cpu_ms": round(1000 * cpu["node_server"] / n, 4),
             "cpu_ms_per_roundtrip": round(1000 * cpu["loop"] / n, 4),
+            "loop_client_cpu_ms": round(1000 * client["loop"] / n, 4),
+            "loop_server_cpu_ms": round(1000 * server["loop"] / n, 4),
+            "aiohttp_client_cpu_ms": round(1000 * client["aiohttp"] / n, 4),
+            "aiohttp_server_cpu_ms": round(1000 * server["aiohttp"] / n, 4),
             "aiohttp_cpu_ms_per_roundtrip": round(1000 * cpu["aiohttp"] / n, 4),
             "asyncio_cpu_ms_per_roundtrip": round(1000 * cpu["asyncio"] / n, 4),
         }
