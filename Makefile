@@ -48,6 +48,11 @@ TOPOLOGY ?= ring
 run: venv ## run a local loop: NODES=5 BEHAVIOR=converge TOPOLOGY=ring
 	$(VENV)/bin/reactive-loop run --nodes $(NODES) --behavior $(BEHAVIOR) --topology $(TOPOLOGY) --view-port 8090
 
+.PHONY: bench
+bench: venv ## node benchmarks: round trip vs aiohttp/asyncio, RSS, convergence rounds (bench/README.md)
+	$(PY) bench/roundtrip.py --json
+	$(PY) bench/convergence.py --plot bench/results/convergence.png
+
 # ---------------------------------------------------------------- checks
 .PHONY: lint
 lint: venv ## ruff and import layering
