@@ -1,0 +1,229 @@
+"""Behaviours, topology and backoff as pure functions (no I/O)."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reactive_node.backoff import Backoff
+from reactive_node.behaviors import (
+    BehaviorLoadError,
+    Context,
+    Converge,
+    InvalidState,
+    Settings,
+    Token,
+    load_behavior,
+    peer_hint,
+)
+from reactive_node.behaviors.converge import merge
+from reactive_node.topology import PeerPicker
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+converge_states = st.fixed_dictionaries({"generation": st.integers(0, 5), "target": json_values})
+
+
+def ctx(ordinal: int = 0, *, now: float = 100.0, replicas: int = 3, **kw: Any) -> Context:
+    return Context(ordinal=ordinal, replicas=replicas, now=now, started_at=0.0, **kw)
+
+
+# --- converge ---------------------------------------------------------------
+@given(converge_states, converge_states, converge_states)
+def test_converge_merge_is_a_semilattice(
+    a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]
+) -> None:
+    assert merge(a, b) == merge(b, a)
+    assert merge(merge(a, b), c) == merge(a, merge(b, c))
+    assert merge(a, a) == a
+    assert merge(a, b)["generation"] == max(a["generation"], b["generation"])
+    assert merge(a, b) in (a, b)
+
+
+def test_converge_respond_and_react_keep_the_newer_generation() -> None:
+    old = {"generation": 1, "target": "a"}
+    new = {"generation": 2, "target": "b"}
+    assert Converge().respond(old, new, ctx()) == new
+    assert Converge().react(new, old, ctx()) == new
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [],
+        {"generation": -1, "target": 1},
+        {"generation": "1", "target": 1},
+        {"generation": True, "target": 1},
+        {"generation": 1},
+        {"generation": 1, "target": 1, "extra": 2},
+        {"generation": 1, "target": "x" * 20000},
+    ],
+)
+def test_converge_validate_rejects(raw: Any) -> None:
+    with pytest.raises(InvalidState):
+        Converge().validate(raw)
+
+
+# --- token --------------------------------------------------------------------
+SETTINGS = Settings(interval=1.0, token_hold=5.0, token_loss_timeout=30.0, token_stagger=2.0)
+
+
+def holder(epoch: list[int], since: float = 0.0) -> dict[str, Any]:
+    return {"holding": True, "epoch": epoch, "since": since, "seenAt": since, "offer": None}
+
+
+def test_token_hand_off_round_trip() -> None:
+    token = Token()
+    giver = holder([3, 0], since=0.0)
+    # Not yet: the hold time has not passed.
+    assert token.tick(giver, ctx(0, now=4.0, settings=SETTINGS, peer=1)) == giver
+    offering = token.tick(giver, ctx(0, now=6.0, settings=SETTINGS, peer=1))
+    assert offering["offer"] == {"to": 1, "epoch": [4, 1]}
+    assert offering["holding"]
+    assert peer_hint(token, offering, ctx(0, replicas=3)) == 1
+    receiver = token.initial(ctx(1))
+    received = token.respond(receiver, offering, ctx(1, now=6.1, settings=SETTINGS))
+    assert received["holding"] and received["epoch"] == [4, 1]
+    released = token.react(offering, received, ctx(0, now=6.2, settings=SETTINGS))
+    assert not released["holding"] and released["epoch"] == [4, 1]
+    # A duplicate of the offer changes nothing any more.
+    assert token.respond(received, offering, ctx(1, now=7.0, settings=SETTINGS)) == received
+
+
+def test_token_offer_is_never_retargeted() -> None:
+    token = Token()
+    offering = {**holder([3, 0]), "offer": {"to": 1, "epoch": [4, 1]}}
+    assert token.tick(offering, ctx(0, now=50.0, settings=SETTINGS, peer=2)) == offering
+    # Another node ignores an offer meant for node 1.
+    other = token.initial(ctx(2))
+    assert not token.respond(other, offering, ctx(2, settings=SETTINGS))["holding"]
+
+
+def test_token_holder_releases_on_a_newer_epoch() -> None:
+    token = Token()
+    mine = holder([3, 2])
+    theirs = {"holding": False, "epoch": [4, 0], "since": None, "seenAt": 1.0, "offer": None}
+    assert not token.respond(mine, theirs, ctx(2))["holding"]
+    assert not token.react(mine, theirs, ctx(2))["holding"]
+    older = {**theirs, "epoch": [2, 1]}
+    assert token.react(mine, older, ctx(2)) == mine
+
+
+def test_token_regenerates_after_the_loss_timeout_staggered_by_ordinal() -> None:
+    token = Token()
+    seen = {"holding": False, "epoch": [7, 1], "since": None, "seenAt": 10.0, "offer": None}
+    # node 0: 30 s, node 2: 34 s after the last news
+    assert not token.tick(seen, ctx(0, now=39.0, settings=SETTINGS))["holding"]
+    regenerated = token.tick(seen, ctx(0, now=41.0, settings=SETTINGS))
+    assert regenerated["holding"] and regenerated["epoch"] == [8, 0]
+    assert not token.tick(seen, ctx(2, now=43.0, settings=SETTINGS))["holding"]
+    assert token.tick(seen, ctx(2, now=45.0, settings=SETTINGS))["epoch"] == [8, 2]
+
+
+def test_token_first_token_comes_from_node_0() -> None:
+    token = Token()
+    fresh = token.initial(ctx(0))
+    assert token.tick(fresh, ctx(0, now=2.0, settings=SETTINGS))["holding"] is False
+    assert token.tick(fresh, ctx(0, now=3.5, settings=SETTINGS))["epoch"] == [1, 0]
+    assert token.tick(fresh, ctx(1, now=3.5, settings=SETTINGS))["holding"] is False
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"holding": "yes", "epoch": None, "since": None, "seenAt": 0, "offer": None},
+        {"holding": True, "epoch": None, "since": 1.0, "seenAt": 0, "offer": None},
+        {"holding": False, "epoch": [1], "since": None, "seenAt": 0, "offer": None},
+        {"holding": False, "epoch": [1, -1], "since": None, "seenAt": 0, "offer": None},
+        {"holding": False, "epoch": None, "since": None, "seenAt": "x", "offer": None},
+        {"holding": False, "epoch": None, "since": None, "seenAt": 0, "offer": {"to": 1}},
+        {"holding": False, "epoch": None, "since": None, "seenAt": 0, "bogus": 1},
+        "token",
+    ],
+)
+def test_token_validate_rejects(raw: Any) -> None:
+    with pytest.raises(InvalidState):
+        Token().validate(raw)
+
+
+# --- custom behaviours ---------------------------------------------------------
+def test_load_builtin_and_custom_behaviours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    assert load_behavior("converge").name == "converge"
+    assert load_behavior("token").name == "token"
+    custom = load_behavior("python:custom_behavior_example:MaxCounter")
+    assert custom.respond({"n": 1}, {"n": 4}, ctx()) == {"n": 4}
+    sys.modules.pop("custom_behavior_example", None)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "gossip",
+        "python:nonexistent_module_xyz:Class",
+        "python:custom_behavior_example",
+        "python:custom_behavior_example:Missing",
+        "python:custom_behavior_example:NotABehavior",
+    ],
+)
+def test_load_behaviour_errors_are_clear(spec: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    with pytest.raises(BehaviorLoadError):
+        load_behavior(spec)
+
+
+# --- topology and backoff ------------------------------------------------------
+def test_ring_skips_up_to_k_unreachable_successors_then_probes_again() -> None:
+    picker = PeerPicker("ring", 1, ring_skip=2)
+    assert picker.pick(5) == 2
+    picker.record(False)
+    assert picker.pick(5) == 3
+    picker.record(False)
+    assert picker.pick(5) == 4
+    picker.record(False)  # k = 2 exhausted: back to the direct successor
+    assert picker.pick(5) == 2
+    picker.record(False)
+    assert picker.pick(5) == 3
+    for _ in range(5):
+        picker.record(True)
+    assert picker.pick(5) == 2  # probing the direct successor again
+    assert PeerPicker("ring", 4, ring_skip=2).pick(5) == 0
+    assert PeerPicker("ring", 0).pick(1) is None
+
+
+@given(st.integers(2, 50), st.data())
+def test_mesh_and_star_pick_another_node(replicas: int, data: st.DataObject) -> None:
+    ordinal = data.draw(st.integers(0, replicas - 1))
+    rng = random.Random(data.draw(st.integers()))
+    mesh = PeerPicker("mesh", ordinal, rng=rng)
+    picks = {mesh.pick(replicas) for _ in range(20)}
+    assert all(p is not None and 0 <= p < replicas and p != ordinal for p in picks)
+    star = PeerPicker("star", ordinal, rng=rng).pick(replicas)
+    if ordinal:
+        assert star == 0
+    else:
+        assert star is not None and 1 <= star < replicas
+
+
+@given(st.floats(0.01, 5), st.floats(0.01, 60), st.integers(1, 100), st.integers())
+def test_backoff_grows_jittered_and_capped(
+    base: float, cap: float, failures: int, seed: int
+) -> None:
+    backoff = Backoff(base, cap, random.Random(seed))
+    delays = [backoff.next_delay() for _ in range(failures)]
+    for i, delay in enumerate(delays):
+        nominal = min(max(cap, base), base * 2.0 ** min(i, 62))
+        assert nominal / 2 <= delay <= nominal
+    backoff.reset()
+    assert backoff.next_delay() <= base
