@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from reactive_node.backoff import Backoff
 from reactive_node.behaviors import (
     BehaviorLoadError,
@@ -94,9 +93,11 @@ def test_token_hand_off_round_trip() -> None:
     assert peer_hint(token, offering, ctx(0, replicas=3)) == 1
     receiver = token.initial(ctx(1))
     received = token.respond(receiver, offering, ctx(1, now=6.1, settings=SETTINGS))
-    assert received["holding"] and received["epoch"] == [4, 1]
+    assert received["holding"]
+    assert received["epoch"] == [4, 1]
     released = token.react(offering, received, ctx(0, now=6.2, settings=SETTINGS))
-    assert not released["holding"] and released["epoch"] == [4, 1]
+    assert not released["holding"]
+    assert released["epoch"] == [4, 1]
     # A duplicate of the offer changes nothing any more.
     assert token.respond(received, offering, ctx(1, now=7.0, settings=SETTINGS)) == received
 
@@ -126,7 +127,8 @@ def test_token_regenerates_after_the_loss_timeout_staggered_by_ordinal() -> None
     # node 0: 30 s, node 2: 34 s after the last news
     assert not token.tick(seen, ctx(0, now=39.0, settings=SETTINGS))["holding"]
     regenerated = token.tick(seen, ctx(0, now=41.0, settings=SETTINGS))
-    assert regenerated["holding"] and regenerated["epoch"] == [8, 0]
+    assert regenerated["holding"]
+    assert regenerated["epoch"] == [8, 0]
     assert not token.tick(seen, ctx(2, now=43.0, settings=SETTINGS))["holding"]
     assert token.tick(seen, ctx(2, now=45.0, settings=SETTINGS))["epoch"] == [8, 2]
 
@@ -213,7 +215,8 @@ def test_mesh_and_star_pick_another_node(replicas: int, data: st.DataObject) -> 
     if ordinal:
         assert star == 0
     else:
-        assert star is not None and 1 <= star < replicas
+        assert star is not None
+        assert 1 <= star < replicas
 
 
 @given(st.floats(0.01, 5), st.floats(0.01, 60), st.integers(1, 100), st.integers())
