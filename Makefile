@@ -128,6 +128,7 @@ monitoring: ## kube-prometheus-stack + our PodMonitor, ServiceMonitor, rules and
 	  --set grafana.sidecar.dashboards.enabled=true \
 	  --set grafana.sidecar.dashboards.searchNamespace=ALL
 	helm upgrade --install $(RELEASE) charts/reactive-loop $(HELM_DEPLOY_FLAGS) \
-	  -f charts/reactive-loop/ci/monitoring-values.yaml
+	  -f charts/reactive-loop/ci/monitoring-values.yaml \
+	  --set-string 'node.scraper.namespaceLabels.kubernetes\.io/metadata\.name=$(MONITORING_NAMESPACE)'
 	@echo "Grafana: kubectl -n $(MONITORING_NAMESPACE) port-forward svc/kube-prometheus-stack-grafana 3000:80  (admin / prom-operator)"
 	@echo "Prometheus: kubectl -n $(MONITORING_NAMESPACE) port-forward svc/kube-prometheus-stack-prometheus 9090"
