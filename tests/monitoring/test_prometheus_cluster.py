@@ -197,3 +197,10 @@ def test_stall_alert_fires_for_a_node_cut_off_its_peers(deployed: Deployed) -> N
     finally:
         cluster.faults.restore(ns, "mon-conv-1")
     assert not prom.poll(query, 90, lambda r: not r), "the alert did not resolve"
+
+
+def test_helm_notes_tell_the_user_what_to_do_next(deployed: Deployed) -> None:
+    notes = deployed.cluster.helm("get", "notes", RELEASE, "-n", deployed.namespace).stdout
+    assert f"watches the namespaces: {deployed.namespace}" in notes
+    assert f"rollout status deployment/{RELEASE}-reactive-loop" in notes
+    assert "kubectl get rloop demo -w" in notes
