@@ -1,0 +1,207 @@
+"""Operator benchmarks on the local cluster (`make cluster-up` first).
+
+The operator runs as a local process (admin kubeconfig, one watched
+namespace) so that its resident memory can be read from /proc.
+
+* apply: `kubectl apply` of a converge ReactiveLoop with N nodes → time until
+  the operator reports all N looping (status.looping == N) and converged.
+* patches: with the loops of `apply` in steady state, the node pods' PATCH
+  requests per second, read from the API server's own
+  `apiserver_request_total{verb="PATCH",resource="pods"}` (two scrapes
+  `--window` seconds apart; the operator does not patch pods in steady state,
+  so every PATCH counted is a node's).
+* rss: the operator's VmRSS while it manages `--loops` small loops.
+
+    python bench/operator_bench.py --nodes 10 50 --loops 20 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD = ROOT / "charts" / "reactive-loop" / "crds" / "reactiveloops.yaml"
+KUBECONFIG = ROOT / ".local-cluster" / "kubeconfig"
+T = TypeVar("T")
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
+    tools = Path.home() / ".cache" / "reactive-loop" / "bin"
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG), "PATH": f"{tools}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["kubectl", *args], input=stdin, capture_output=True, text=True, env=env, timeout=120
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"{what}: not within {timeout}s")
+
+
+def loop_manifest(name: str, replicas: int) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "reactive-loop.dev/v1alpha1",
+            "kind": "ReactiveLoop",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "topology": "mesh",
+                "target": {"bench": name},
+                "loop": {"interval": 1, "timeout": 0.5},
+            },
+        }
+    )
+
+
+def status(ns: str, name: str) -> dict[str, Any]:
+    obj = json.loads(kubectl("get", "rloop", name, "-n", ns, "-o", "json"))
+    return dict(obj.get("status") or {})
+
+
+def all_looping(ns: str, name: str, n: int) -> bool:
+    st = status(ns, name)
+    conv = [c for c in st.get("conditions") or [] if c["type"] == "Converged"]
+    return st.get("looping") == n and bool(conv) and conv[0]["status"] == "True"
+
+
+def patch_count() -> float:
+    text = kubectl("get", "--raw", "/metrics")
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        if 'verb="PATCH"' in line and 'resource="pods"' in line and 'subresource=""' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    assert match is not None
+    return int(match.group(1)) / 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_operator(ns: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(KUBECONFIG),
+        "RLO_NAMESPACES": ns,
+        "RLO_PORT": str(port),
+        "RLO_BIND": "127.0.0.1",
+        "RLO_RESYNC_SECONDS": "2",
+        "RLO_LEASE_NAMESPACE": ns,
+        "RLO_LOG_LEVEL": "WARNING",
+    }
+    exe = str(Path(sys.executable).with_name("reactive-loop-operator"))
+    proc = subprocess.Popen([exe], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                return bool(json.loads(r.read()).get("phase") == "leading")
+        except OSError:
+            return False
+
+    wait_for(ready, 60, "operator ready")
+    return proc, port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, nargs="*", default=[10, 50])
+    parser.add_argument("--loops", type=int, default=20, help="loops for the RSS figure (0: skip)")
+    parser.add_argument("--loop-replicas", type=int, default=1)
+    parser.add_argument("--window", type=float, default=30.0, help="PATCH rate window, seconds")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl("wait", "--for=condition=Established", "crd/reactiveloops.reactive-loop.dev")
+    ns = f"bench-{secrets.token_hex(3)}"
+    kubectl("create", "namespace", ns)
+    results: dict[str, Any] = {"namespace": ns}
+    proc, _port = start_operator(ns)
+    try:
+        results["operator_rss_mb_idle"] = round(rss_mb(proc.pid), 1)
+        for n in args.nodes:
+            name = f"n{n}"
+            started = time.monotonic()
+            kubectl("apply", "-n", ns, "-f", "-", stdin=loop_manifest(name, n))
+            wait_for(lambda n=n, name=name: all_looping(ns, name, n), 300, f"{n} looping", 0.1)  # type: ignore[misc]
+            results[f"apply_to_all_looping_s_n{n}"] = round(time.monotonic() - started, 2)
+
+        time.sleep(5)  # let the last round of state writes settle
+        first = patch_count()
+        time.sleep(args.window)
+        second = patch_count()
+        results["steady_state_node_pod_patches_per_s"] = round((second - first) / args.window, 3)
+        results["steady_state_window_s"] = args.window
+        results["steady_state_nodes"] = sum(args.nodes)
+
+        for name in [f"n{n}" for n in args.nodes]:
+            kubectl("delete", "rloop", name, "-n", ns, "--wait=true", "--timeout=120s", check=False)
+        if args.loops:
+            for i in range(args.loops):
+                kubectl(
+                    "apply", "-n", ns, "-f", "-", stdin=loop_manifest(f"l{i}", args.loop_replicas)
+                )
+            wait_for(
+                lambda: all(
+                    all_looping(ns, f"l{i}", args.loop_replicas) for i in range(args.loops)
+                ),
+                600,
+                f"{args.loops} loops looping",
+                1.0,
+            )
+            time.sleep(10)  # a few resync rounds with every loop polled
+            results[f"operator_rss_mb_{args.loops}_loops"] = round(rss_mb(proc.pid), 1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for key, value in results.items():
+            print(f"{key:45} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
