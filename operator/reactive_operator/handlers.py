@@ -11,7 +11,7 @@ global one at import time. Per ReactiveLoop:
   is deleted or fails.
 
 Children carry owner references, so deleting a ReactiveLoop lets the garbage
-collector remove them; the delete handler is optional (no finalizer).
+collector remove them (no finalizer); a deleted loop is only forgotten.
 """
 
 from __future__ import annotations
@@ -395,9 +395,11 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         assert node_pods is not None
         await reconcile(body, patch, node_pods, force_ensure=False)
 
-    @kopf.on.delete(group, version, plural, optional=True, registry=registry)
-    async def deleted(*, name: str, namespace: str | None, **_: Any) -> None:
-        deps.forget((namespace or "", name))
+    @kopf.on.event(group, version, plural, registry=registry)
+    async def loop_event(*, type: str, name: str, namespace: str | None, **_: Any) -> None:
+        """Forget a deleted loop (its children go by garbage collection: no finalizer)."""
+        if type == "DELETED":
+            deps.forget((namespace or "", name))
 
     @kopf.on.event(
         "pods",
