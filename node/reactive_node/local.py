@@ -39,6 +39,8 @@ RESTART_BACKOFF_MAX = 5.0
 STOP_GRACE_SECONDS = 5.0
 #: A node that ran this long before dying is restarted at once again.
 HEALTHY_RUN_SECONDS = 10.0
+#: The view draws an edge faintly once it is this much older than the node's newest.
+STALE_EDGE_SECONDS = 5.0
 
 
 class RunFileError(Exception):
@@ -230,16 +232,22 @@ def view_model(options: RunOptions, views: Sequence[NodeView], elapsed: float) -
     """The JSON the web view polls: nodes with their phase, edges with their last outcome."""
     by_address = {v.address: v.name for v in views}
     names = {v.name for v in views}
+    # A node remembers its last few peers; an edge much older than its newest one
+    # (a successor it skipped a while ago, say) is drawn faintly.
+    stale_after = max(STALE_EDGE_SECONDS, 3 * (options.interval or 1.0))
     nodes = []
     for v in views:
         edges = []
-        for edge in (v.state or {}).get("edges") or []:
-            if not isinstance(edge, Mapping):
-                continue
+        raw_edges = [e for e in (v.state or {}).get("edges") or [] if isinstance(e, Mapping)]
+        times = [float(e["at"]) for e in raw_edges if isinstance(e.get("at"), int | float)]
+        newest = max(times, default=0.0)
+        for edge in raw_edges:
             to = str(edge.get("to", ""))
             to = by_address.get(to, to)
+            at = edge.get("at")
+            stale = isinstance(at, int | float) and at < newest - stale_after
             if to in names and v.reachable:
-                edges.append({"to": to, "outcome": edge.get("outcome"), "at": edge.get("at")})
+                edges.append({"to": to, "outcome": edge.get("outcome"), "at": at, "stale": stale})
         nodes.append(
             {
                 "name": v.name,

@@ -134,16 +134,18 @@ def test_table_has_a_line_per_node_with_counters() -> None:
 
 def test_view_model_maps_edges_to_node_names() -> None:
     edges = [
-        {"to": "127.0.0.1:9001", "outcome": "ok", "at": 1.0},
-        {"to": "local-2", "outcome": "timeout", "at": 2.0},
-        {"to": "elsewhere:1", "outcome": "ok", "at": 3.0},
+        {"to": "127.0.0.1:9001", "outcome": "ok", "at": 100.0},
+        {"to": "local-2", "outcome": "timeout", "at": 102.0},
+        {"to": "elsewhere:1", "outcome": "ok", "at": 103.0},
+        {"to": "local-1", "outcome": "ok", "at": 90.0},
     ]
     views = [view(0, node_state(0, GEN2, edges=edges)), view(1, None), view(2, None)]
-    model = view_model(options(), views, 1.0)
+    model = view_model(options(interval=1.0), views, 1.0)
     assert [n["name"] for n in model["nodes"]] == ["local-0", "local-1", "local-2"]
     assert model["nodes"][0]["edges"] == [
-        {"to": "local-1", "outcome": "ok", "at": 1.0},
-        {"to": "local-2", "outcome": "timeout", "at": 2.0},
+        {"to": "local-1", "outcome": "ok", "at": 100.0, "stale": False},
+        {"to": "local-2", "outcome": "timeout", "at": 102.0, "stale": False},
+        {"to": "local-1", "outcome": "ok", "at": 90.0, "stale": True},  # 13 s older
     ]
     assert model["nodes"][1]["phase"] == "unreachable"
 

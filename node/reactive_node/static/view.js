@@ -40,7 +40,7 @@ function draw(model) {
       const len = Math.hypot(dx, dy) || 1;
       const ok = edge.outcome === "ok";
       edges.appendChild(el("line", {
-        class: "edge " + (ok ? "ok" : "failed"),
+        class: "edge " + (ok ? "ok" : "failed") + (edge.stale ? " stale" : ""),
         "data-from": node.name, "data-to": edge.to, "data-outcome": edge.outcome,
         x1: from.x + (dx * r) / len, y1: from.y + (dy * r) / len,
         x2: to.x - (dx * (r + 3)) / len, y2: to.y - (dy * (r + 3)) / len,
