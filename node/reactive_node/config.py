@@ -67,7 +67,9 @@ class NodeConfig(BaseModel):
             raise ValueError("the file store needs state_dir")
         if self.store == "pod" and (not self.namespace or not (self.pod_name or self.node)):
             raise ValueError("the pod store needs namespace and pod name")
-        if self.ordinal >= max(self.replicas, len(self.peers)) and self.peers:
+        if self.peers and self.replicas > len(self.peers):
+            raise ValueError(f"replicas {self.replicas} but only {len(self.peers)} peers")
+        if self.peers and self.ordinal >= len(self.peers):
             raise ValueError("ordinal must index into peers")
         return self
 

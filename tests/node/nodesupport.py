@@ -50,9 +50,11 @@ async def node_factory() -> AsyncIterator[MakeNode]:
     ) -> NodeUnderTest:
         store = store or MemoryStore()
         registry = CollectorRegistry()
-        config = NodeConfig.model_validate({"loop": LOOP, "ordinal": 1, "replicas": 3, **settings})
+        defaults = {"loop": LOOP, "ordinal": 1, "replicas": len(settings.get("peers") or ()) or 3}  # type: ignore[arg-type]
+        config = NodeConfig.model_validate({**defaults, **settings})
         app = create_app(config, store, registry, run_loop=run_loop)
-        client = TestClient(TestServer(app, host="127.0.0.1"))
+        port = config.port if "port" in settings else None
+        client = TestClient(TestServer(app, host="127.0.0.1", port=port))
         await client.start_server()
         clients.append(client)
         return NodeUnderTest(client, store, registry)
