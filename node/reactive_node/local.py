@@ -577,6 +577,7 @@ class Supervisor:
         runner: web.AppRunner | None = None
         tasks: list[asyncio.Task[None]] = []
         summary: dict[str, Any] | None = None
+        final_table = ""
         try:
             if self.options.view_port is not None:
                 from reactive_node.view import create_view_app
@@ -601,6 +602,7 @@ class Supervisor:
                     await self.stopping.wait()
                 await self._poll(session)  # the summary reflects the last moment
                 summary = build_summary(self.options, self.views, self.elapsed())
+                final_table = render_table(self.options, self.views, self.elapsed())
         finally:
             self.stopping.set()
             await self._stop_nodes()
@@ -618,7 +620,7 @@ class Supervisor:
         if self.options.json_summary:
             self.out.write(json.dumps(summary) + "\n")
         else:
-            self.out.write(render_table(self.options, self.views, self.elapsed()) + "\n")
+            self.out.write(final_table + "\n")
         self.out.flush()
         return 0
 
