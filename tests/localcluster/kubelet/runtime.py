@@ -554,9 +554,6 @@ class PodWorker:
             return
         self.terminating = True
         log.info("terminating %s/%s (grace %.0fs)", self.ns, self.name, grace)
-        for t in self.container_tasks:
-            if t.done():
-                continue
         await asyncio.gather(
             *(self._signal_and_wait(p, grace) for p in self.procs.values()),
             return_exceptions=True,
