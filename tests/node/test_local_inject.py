@@ -1,0 +1,91 @@
+"""`set-target` against real node apps (memory store): skips the dead, retries on refusal."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from reactive_node import contract
+from reactive_node.app import NODE_KEY, create_app
+from reactive_node.config import NodeConfig
+from reactive_node.local import free_ports, set_target
+from reactive_node.store import MemoryStore
+
+
+async def start(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def node_app(ordinal: int, addresses: list[str]) -> web.Application:
+    config = NodeConfig.model_validate(
+        {"loop": "inject", "ordinal": ordinal, "peers": tuple(addresses), "interval": 60}
+    )
+    return create_app(config, MemoryStore(), CollectorRegistry(), run_loop=False)
+
+
+def refusing_app(generation: int) -> web.Application:
+    """Looks like a node on GET /v1/state but refuses every round trip with 503."""
+
+    async def state(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"loop": "inject", "state": {"generation": generation, "target": "old"}}
+        )
+
+    async def roundtrip(request: web.Request) -> web.Response:
+        return web.json_response({"error": "unavailable", "detail": "test"}, status=503)
+
+    app = web.Application()
+    app.router.add_get(contract.STATE_PATH, state)
+    app.router.add_post(contract.ROUNDTRIP_PATH, roundtrip)
+    return app
+
+
+@pytest.fixture
+async def loop_of_four() -> AsyncIterator[tuple[list[str], list[web.Application]]]:
+    """Node 0 is dead (nothing listens), 1 refuses round trips, 2 and 3 are real nodes."""
+    ports = free_ports(4)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    apps = [refusing_app(generation=4), node_app(2, addresses), node_app(3, addresses)]
+    runners = [await start(app, port) for app, port in zip(apps, ports[1:], strict=True)]
+    try:
+        yield addresses, apps
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def held(app: web.Application) -> Any:
+    return app[NODE_KEY].state
+
+
+async def test_injects_above_every_generation_through_the_first_taker(
+    loop_of_four: tuple[list[str], list[web.Application]],
+) -> None:
+    addresses, apps = loop_of_four
+    result = await set_target({"v": 1}, addresses, request_timeout=2.0)
+    assert result.ok, result.failures
+    # Newest seen was 4 (the refusing node), so 5; it went through node 2, the first taker.
+    assert result.generation == 5
+    assert result.address == addresses[2]
+    assert held(apps[1]) == {"generation": 5, "target": {"v": 1}}
+    assert held(apps[2]) == {"generation": 0, "target": None}  # untouched: one injection
+    assert any(addresses[0] in f for f in result.failures)  # dead: reported
+    assert any(addresses[1] in f and "503" in f for f in result.failures)  # refused: reported
+
+    again = await set_target({"v": 2}, addresses, request_timeout=2.0)
+    assert again.ok
+    assert again.generation == 6
+    assert held(apps[1]) == {"generation": 6, "target": {"v": 2}}
+
+
+async def test_fails_when_no_node_takes_it() -> None:
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    result = await set_target({"v": 1}, addresses, request_timeout=1.0)
+    assert not result.ok
+    assert len(result.failures) == 2
