@@ -43,6 +43,8 @@ def test_deployment_ready_and_reached_by_service_dns(cluster: Cluster, namespace
     cluster.apply(o.dump(o.script_pod("client", script)), namespace)
     wait_pod_phase(cluster, namespace, "client", "Succeeded")
     assert cluster.logs(namespace, "client", "main").strip() == "200"
+    # `kubectl logs` goes through the apiserver to the kubelet's log endpoint.
+    assert cluster.kubectl("logs", "client", "-n", namespace).stdout.strip() == "200"
 
 
 def test_headless_hostname_resolves_to_that_pod(cluster: Cluster, namespace: str) -> None:

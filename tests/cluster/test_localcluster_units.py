@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from localcluster import pki
 from localcluster.config import ClusterConfig
 from localcluster.faults import cut_rules, split_ref
 from localcluster.kubelet import specs
@@ -177,3 +179,39 @@ def test_port_redirects_for_selecting_services() -> None:
     services[1]["spec"]["ports"] = [{"port": 9090, "targetPort": 9091}]
     services[2]["spec"]["ports"] = [{"port": 1, "targetPort": 2}]
     assert specs.port_redirects(pod, services) == [(80, 8000), (9090, 9091)]
+
+
+def test_pki_chain_and_names(tmp_path: Path) -> None:
+    cfg = ClusterConfig(root=tmp_path, bin_dir=tmp_path)
+    pki.ensure_pki(cfg)
+    d = cfg.pki_dir
+    for stem in ("apiserver", "kubelet-serving", "admin", "kubelet", "controller-manager"):
+        proc = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(d / "ca.crt"), str(d / f"{stem}.crt")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(d / "apiserver.crt"), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in (
+        "IP Address:127.0.0.1",
+        f"IP Address:{cfg.gateway_ip}",
+        "DNS:kubernetes.default.svc",
+    ):
+        assert name in text
+    subject = subprocess.run(
+        ["openssl", "x509", "-in", str(d / "admin.crt"), "-noout", "-subject"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "O = system:masters" in subject
+    before = (d / "ca.crt").read_bytes()
+    pki.ensure_pki(cfg)  # complete set: reused, not regenerated
+    assert (d / "ca.crt").read_bytes() == before

@@ -102,7 +102,16 @@ def server_sans(cfg: ClusterConfig) -> list[str]:
 def ensure_pki(cfg: ClusterConfig) -> None:
     """Create the CA, serving and client certificates and the SA key if missing."""
     pki = cfg.pki_dir
-    wanted = ["ca.crt", "ca.key", "apiserver.crt", "apiserver.key", "sa.key", "sa.pub"]
+    wanted = [
+        "ca.crt",
+        "ca.key",
+        "apiserver.crt",
+        "apiserver.key",
+        "sa.key",
+        "sa.pub",
+        "kubelet-serving.crt",
+        "kubelet-serving.key",
+    ]
     wanted += [f"{i.stem}.{ext}" for i in client_identities(cfg) for ext in ("crt", "key")]
     if all((pki / f).is_file() for f in wanted):
         return
@@ -133,6 +142,12 @@ def ensure_pki(cfg: ClusterConfig) -> None:
         "apiserver",
         "/CN=kube-apiserver",
         ["extendedKeyUsage=serverAuth", "subjectAltName=" + ",".join(server_sans(cfg))],
+    )
+    _leaf(
+        pki,
+        "kubelet-serving",
+        f"/CN={cfg.node_name}",
+        ["extendedKeyUsage=serverAuth", f"subjectAltName=IP:{cfg.gateway_ip},DNS:{cfg.node_name}"],
     )
     for ident in client_identities(cfg):
         subject = (f"/O={ident.group}" if ident.group else "") + f"/CN={ident.user}"

@@ -18,7 +18,7 @@ import signal
 from typing import Any
 
 from localcluster.config import ClusterConfig
-from localcluster.kubelet import specs
+from localcluster.kubelet import server, specs
 from localcluster.kubelet.api import Api, ApiError, informer
 from localcluster.kubelet.runtime import IpPool, PodWorker, now_iso, run_cmd
 from localcluster.network import list_pod_netns
@@ -72,7 +72,7 @@ class Agent:
             ],
             "capacity": capacity,
             "allocatable": capacity,
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": server.KUBELET_PORT}},
             "nodeInfo": {
                 "machineID": "",
                 "systemUUID": "",
@@ -242,6 +242,7 @@ class Agent:
 
     async def run(self) -> None:
         await self.cleanup_stale()
+        runner = await server.serve(self.cfg)
         await self.register()
         tasks = [
             asyncio.create_task(self.heartbeat()),
@@ -261,3 +262,4 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
