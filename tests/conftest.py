@@ -6,8 +6,9 @@ start, the session fails with the reason, in CI (CI=true) and outside.
 
 Fixtures
 - `local_cluster` (session) -> `localcluster.Cluster`: starts the cluster
-  like `make cluster-up` or reuses a running one. If this session started
-  it, it is stopped at the end unless RL_KEEP_CLUSTER=1.
+  like `make cluster-up` or reuses a running one. It is left running at the
+  end (other sessions may share it; `make cluster-down` stops it), unless
+  RL_CLUSTER_TEARDOWN=1 and this session started it.
 - `cluster` -> the same `Cluster`, for brevity.
 - `namespace` -> str: a fresh namespace for this test (its `default`
   ServiceAccount already exists), deleted afterwards.
@@ -60,7 +61,7 @@ def local_cluster() -> Iterator[Cluster]:
             pytest.fail(f"the local cluster could not start {where}: {e}", pytrace=False)
         started = True
     yield Cluster(cfg)
-    if started and os.environ.get("RL_KEEP_CLUSTER") != "1":
+    if started and os.environ.get("RL_CLUSTER_TEARDOWN") == "1":
         control.down(cfg)
 
 

@@ -8,6 +8,8 @@ its component with a deadline and fails with the component's log tail.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -18,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,8 +312,25 @@ READY_CHECKS: dict[str, tuple[Callable[[ClusterConfig], bool], float]] = {
 }
 
 
+@contextlib.contextmanager
+def exclusive(cfg: ClusterConfig) -> Iterator[None]:
+    """One `up`/`down` at a time per checkout (concurrent pytest sessions share it)."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    with (cfg.state_dir / ".lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def up(cfg: ClusterConfig) -> float:
     """Start (or reuse) the cluster; returns the seconds it took."""
+    with exclusive(cfg):
+        return _up(cfg)
+
+
+def _up(cfg: ClusterConfig) -> float:
     t0 = time.monotonic()
     if healthy(cfg) and node_ready(cfg):
         say("cluster already running; reusing it")
@@ -319,7 +338,7 @@ def up(cfg: ClusterConfig) -> float:
     check_prerequisites(cfg)
     if any(procs.read_pidfile(pidfile(cfg, c)) for c in COMPONENTS) or network.list_pod_netns():
         say("found leftovers of an earlier run; cleaning up first")
-        down(cfg, quiet=True)
+        _down(cfg, quiet=True)
     make_venv_reachable(cfg)
     write_configs(cfg)
     network.setup_host(cfg)
@@ -368,6 +387,11 @@ def _fail_if_dead(cfg: ClusterConfig) -> bool:
 
 def down(cfg: ClusterConfig, quiet: bool = False) -> list[str]:
     """Stop everything recorded and remove every host artefact; idempotent."""
+    with exclusive(cfg):
+        return _down(cfg, quiet)
+
+
+def _down(cfg: ClusterConfig, quiet: bool) -> list[str]:
     report: list[str] = []
     for name in reversed(COMPONENTS):
         rec = procs.read_pidfile(pidfile(cfg, name))
