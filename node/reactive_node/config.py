@@ -28,11 +28,11 @@ class NodeConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    loop: str = Field("local", min_length=1, max_length=253)
-    node: str = Field("", max_length=253)
+    loop: str = Field(default="local", min_length=1, max_length=253)
+    node: str = Field(default="", max_length=253)
     """This node's name (the pod name in Kubernetes); default `<loop>-<ordinal>`."""
-    ordinal: int = Field(0, ge=0)
-    replicas: int = Field(0, ge=0)
+    ordinal: int = Field(default=0, ge=0)
+    replicas: int = Field(default=0, ge=0)
     """Initial loop size; 0 means: the length of `peers`, else 1."""
     namespace: str | None = None
     pod_name: str | None = None
@@ -40,16 +40,16 @@ class NodeConfig(BaseModel):
     topology: TopologyName = "ring"
     peer_template: str | None = None
     peers: tuple[str, ...] = ()
-    port: int = Field(contract.DEFAULT_PORT, ge=0, le=65535)
+    port: int = Field(default=contract.DEFAULT_PORT, ge=0, le=65535)
     bind: str = "0.0.0.0"
     store: StoreName = "memory"
     state_dir: pathlib.Path | None = None
-    interval: float = Field(1.0, gt=0, le=3600)
-    timeout: float = Field(0.5, gt=0, le=600)
-    max_backoff: float = Field(10.0, gt=0, le=3600)
-    ring_skip: int = Field(2, ge=0, le=100)
-    token_hold: float = Field(5.0, gt=0)
-    token_loss_timeout: float = Field(30.0, gt=0)
+    interval: float = Field(default=1.0, gt=0, le=3600)
+    timeout: float = Field(default=0.5, gt=0, le=600)
+    max_backoff: float = Field(default=10.0, gt=0, le=3600)
+    ring_skip: int = Field(default=2, ge=0, le=100)
+    token_hold: float = Field(default=5.0, gt=0)
+    token_loss_timeout: float = Field(default=30.0, gt=0)
     token_webhook: str | None = None
     hmac_key: SecretStr | None = None
 
