@@ -7,13 +7,12 @@ directory and the CLI builds the real one for the checkout.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-#: Prefix of every network namespace, veth and iptables comment we create,
-#: so `down` can find leftovers of a crashed run without a state file.
-NAME_PREFIX = "rl"
+from typing import Any
 
 
 def checkout_root() -> Path:
@@ -35,6 +34,12 @@ class ClusterConfig:
     """The checkout; its `.venv/bin` comes first on every container's PATH."""
     bin_dir: Path
     """Directory holding etcd, kube-*, kubectl and helm."""
+    state_root: Path | None = None
+    """Where `.local-cluster` state goes; None: `<root>/.local-cluster`."""
+    prefix: str = "rl"
+    """Prefix (at most 4 characters) of every netns (`<prefix>-<uid>`) and host
+    veth (`<prefix>h...`) this instance makes, so `down` finds leftovers of a
+    crashed run by name and never touches another instance's."""
     node_name: str = "rl-node"
     bridge: str = "rlbr0"
     bridge_cidr: str = "10.77.0.0/16"
@@ -48,16 +53,34 @@ class ClusterConfig:
     etcd_peer_port: int = 12380
     kcm_port: int = 10257
     scheduler_port: int = 10259
+    kubelet_port: int = 10250
     cluster_domain: str = "cluster.local"
 
     @classmethod
     def default(cls) -> ClusterConfig:
         return cls(root=checkout_root(), bin_dir=tools_bin())
 
+    def to_json(self) -> str:
+        data: dict[str, Any] = dataclasses.asdict(self)
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterConfig:
+        data = json.loads(text)
+        for key in ("root", "bin_dir", "state_root"):
+            if data.get(key) is not None:
+                data[key] = Path(data[key])
+        return cls(**data)
+
     # --- layout under <root>/.local-cluster --------------------------------
     @property
     def state_dir(self) -> Path:
-        return self.root / ".local-cluster"
+        return self.state_root or self.root / ".local-cluster"
+
+    @property
+    def config_file(self) -> Path:
+        """This config as JSON, for the kubelet process."""
+        return self.state_dir / "cluster.json"
 
     @property
     def pki_dir(self) -> Path:

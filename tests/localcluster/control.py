@@ -194,10 +194,8 @@ def component_specs(cfg: ClusterConfig) -> list[Component]:
                 sys.executable,
                 "-m",
                 "localcluster.kubelet",
-                "--root",
-                str(cfg.root),
-                "--bin-dir",
-                str(cfg.bin_dir),
+                "--config",
+                str(cfg.config_file),
             ],
             env=kubelet_env,
         ),
@@ -296,6 +294,7 @@ def write_configs(cfg: ClusterConfig) -> None:
         "leaderElection": {"leaderElect": False},
     }
     (cfg.state_dir / "kube-scheduler.yaml").write_text(yaml.safe_dump(sched))
+    cfg.config_file.write_text(cfg.to_json())
     cfg.env_file.write_text(
         "# source me: the local cluster's kubeconfig and the built kubectl/helm\n"
         f"export KUBECONFIG={cfg.kubeconfig}\n"
@@ -336,7 +335,8 @@ def _up(cfg: ClusterConfig) -> float:
         say("cluster already running; reusing it")
         return time.monotonic() - t0
     check_prerequisites(cfg)
-    if any(procs.read_pidfile(pidfile(cfg, c)) for c in COMPONENTS) or network.list_pod_netns():
+    leftover_netns = network.list_pod_netns(cfg.prefix)
+    if any(procs.read_pidfile(pidfile(cfg, c)) for c in COMPONENTS) or leftover_netns:
         say("found leftovers of an earlier run; cleaning up first")
         _down(cfg, quiet=True)
     make_venv_reachable(cfg)
@@ -401,7 +401,7 @@ def _down(cfg: ClusterConfig, quiet: bool) -> list[str]:
         pidfile(cfg, name).unlink(missing_ok=True)
     # Container processes live in our network namespaces: find them there,
     # so this works even when the kubelet died without writing state.
-    for ns in network.list_pod_netns():
+    for ns in network.list_pod_netns(cfg.prefix):
         out = network.run(["ip", "netns", "pids", ns], check=False).stdout.split()
         for pid in out:
             rec = procs.ProcRecord.of(int(pid))
@@ -433,6 +433,6 @@ def status(cfg: ClusterConfig) -> dict[str, Any]:
             f"{p.get('status', {}).get('phase', '?')}"
             for p in pods["items"]
         ]
-    result["netns"] = network.list_pod_netns()
+    result["netns"] = network.list_pod_netns(cfg.prefix)
     result["kubeconfig"] = str(cfg.kubeconfig)
     return result

@@ -15,9 +15,13 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from localcluster.config import NAME_PREFIX, ClusterConfig
+from localcluster.config import ClusterConfig
 
-RULE_COMMENT = "reactive-loop-localcluster"
+
+def rule_comment(cfg: ClusterConfig) -> str:
+    """The comment tagging this instance's iptables rules."""
+    base = "reactive-loop-localcluster"
+    return base if cfg.bridge == "rlbr0" else f"{base}-{cfg.bridge}"
 
 
 class NetworkError(RuntimeError):
@@ -37,7 +41,7 @@ def have_iptables() -> bool:
 
 def host_rules(cfg: ClusterConfig) -> list[list[str]]:
     """(chain, match...) of the ACCEPT rules the bridge needs."""
-    tag = ["-m", "comment", "--comment", RULE_COMMENT, "-j", "ACCEPT"]
+    tag = ["-m", "comment", "--comment", rule_comment(cfg), "-j", "ACCEPT"]
     return [
         ["FORWARD", "-i", cfg.bridge, "-o", cfg.bridge, *tag],
         ["INPUT", "-i", cfg.bridge, *tag],
@@ -67,18 +71,24 @@ def teardown_host(cfg: ClusterConfig) -> list[str]:
     so it also cleans up after a run whose state files are gone.
     """
     removed: list[str] = []
-    for ns in list_pod_netns():
+    for ns in list_pod_netns(cfg.prefix):
         run(["ip", "netns", "del", ns], check=False)
         removed.append(f"netns {ns}")
     links = run(["ip", "-o", "link", "show"], check=False).stdout.splitlines()
     for line in links:
         name = line.split(":", 2)[1].strip().split("@", 1)[0] if ":" in line else ""
-        if name.startswith(f"{NAME_PREFIX}h") or name == cfg.bridge:
+        if name.startswith(f"{cfg.prefix}h") or name == cfg.bridge:
             run(["ip", "link", "del", name], check=False)
             removed.append(f"link {name}")
     if have_iptables():
         for line in run(["iptables", "-S"], check=False).stdout.splitlines():
-            if RULE_COMMENT in line and line.startswith("-A "):
+            tokens = line.split()
+            tagged = "--comment" in tokens and tokens.index("--comment") + 1 < len(tokens)
+            if (
+                tagged
+                and tokens[tokens.index("--comment") + 1] == rule_comment(cfg)
+                and line.startswith("-A ")
+            ):
                 # bounded: one delete per listed rule
                 spec = line.split()[1:]
                 run(["iptables", "-D", *spec], check=False)
@@ -86,10 +96,13 @@ def teardown_host(cfg: ClusterConfig) -> list[str]:
     return removed
 
 
-def list_pod_netns() -> list[str]:
+def all_netns() -> list[str]:
     out = run(["ip", "netns", "list"], check=False).stdout
-    names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return [n for n in names if n.startswith(f"{NAME_PREFIX}-")]
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def list_pod_netns(prefix: str) -> list[str]:
+    return [n for n in all_netns() if n.startswith(f"{prefix}-")]
 
 
 @dataclass(frozen=True)
@@ -101,10 +114,10 @@ class PodNet:
     ip: str
 
     @classmethod
-    def for_uid(cls, uid: str, ip: str) -> PodNet:
+    def for_uid(cls, uid: str, ip: str, prefix: str) -> PodNet:
         digest = hashlib.sha256(uid.encode()).hexdigest()
         # veth names are limited to 15 characters
-        return cls(netns=f"{NAME_PREFIX}-{uid}", host_veth=f"{NAME_PREFIX}h{digest[:10]}", ip=ip)
+        return cls(netns=f"{prefix}-{uid}", host_veth=f"{prefix}h{digest[:10]}", ip=ip)
 
 
 def pod_setup_commands(cfg: ClusterConfig, net: PodNet) -> list[list[str]]:
@@ -125,4 +138,4 @@ def pod_teardown_commands(net: PodNet) -> list[list[str]]:
 
 
 def netns_exists(name: str) -> bool:
-    return name in list_pod_netns()
+    return name in all_netns()

@@ -1,4 +1,4 @@
-"""`python -m localcluster.kubelet --root CHECKOUT --bin-dir BIN` (started by `up`)."""
+"""`python -m localcluster.kubelet --config .local-cluster/cluster.json` (started by `up`)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,12 @@ async def amain(cfg: ClusterConfig) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="localcluster.kubelet")
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--bin-dir", type=Path, required=True)
+    parser.add_argument("--config", type=Path, required=True, help="ClusterConfig as JSON")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(amain(ClusterConfig(root=args.root, bin_dir=args.bin_dir)))
+    asyncio.run(amain(ClusterConfig.from_json(args.config.read_text())))
 
 
 if __name__ == "__main__":

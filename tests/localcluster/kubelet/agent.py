@@ -72,7 +72,7 @@ class Agent:
             ],
             "capacity": capacity,
             "allocatable": capacity,
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": server.KUBELET_PORT}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.cfg.kubelet_port}},
             "nodeInfo": {
                 "machineID": "",
                 "systemUUID": "",
@@ -233,7 +233,7 @@ class Agent:
     # --- main ----------------------------------------------------------------------------
     async def cleanup_stale(self) -> None:
         """Netns left by an earlier kubelet: their processes and the netns go."""
-        for ns in list_pod_netns():
+        for ns in list_pod_netns(self.cfg.prefix):
             _, pids = await run_cmd(["ip", "netns", "pids", ns], check=False)
             for pid in pids.split():
                 with contextlib.suppress(ProcessLookupError, ValueError):

@@ -176,7 +176,7 @@ class PodWorker:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
         self.ip = self.pool.allocate()
-        self.net = PodNet.for_uid(self.uid, self.ip)
+        self.net = PodNet.for_uid(self.uid, self.ip, self.cfg.prefix)
         self._write_state()
         for cmd in pod_setup_commands(self.cfg, self.net):
             await run_cmd(cmd)

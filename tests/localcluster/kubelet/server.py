@@ -18,7 +18,6 @@ from aiohttp import web
 
 from localcluster.config import ClusterConfig
 
-KUBELET_PORT = 10250
 CFG_KEY = web.AppKey("cfg", ClusterConfig)
 
 
@@ -86,5 +85,5 @@ async def serve(cfg: ClusterConfig) -> web.AppRunner:
     ctx.verify_mode = ssl.CERT_REQUIRED
     runner = web.AppRunner(create_app(cfg), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, cfg.gateway_ip, KUBELET_PORT, ssl_context=ctx).start()
+    await web.TCPSite(runner, cfg.gateway_ip, cfg.kubelet_port, ssl_context=ctx).start()
     return runner

@@ -1,0 +1,108 @@
+"""`up`/`down`/`status` on a second, throw-away cluster instance.
+
+It has its own state directory, ports, bridge, subnet and name prefix, so it
+runs beside the shared cluster without touching it: up is idempotent, up
+recovers from a crashed run, down removes every process, netns, veth,
+bridge and iptables rule it made.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster import objects as o
+from localcluster import Cluster, control, network, procs
+from localcluster.config import ClusterConfig, checkout_root, tools_bin
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def side(tmp_path: Path) -> Iterator[ClusterConfig]:
+    cfg = ClusterConfig(
+        root=checkout_root(),
+        bin_dir=tools_bin(),
+        state_root=tmp_path / "lc",
+        prefix="rlt",
+        node_name="rlt-node",
+        bridge="rltbr0",
+        bridge_cidr="10.78.0.0/16",
+        gateway_ip="10.78.0.1",
+        service_cidr="10.97.0.0/16",
+        kubernetes_service_ip="10.97.0.1",
+        apiserver_port=16443,
+        etcd_client_port=22379,
+        etcd_peer_port=22380,
+        kcm_port=20257,
+        scheduler_port=20259,
+    )
+    yield cfg
+    control.down(cfg, quiet=True)
+
+
+def recorded(cfg: ClusterConfig) -> dict[str, procs.ProcRecord]:
+    out = {}
+    for name in control.COMPONENTS:
+        rec = procs.read_pidfile(control.pidfile(cfg, name))
+        assert rec is not None, f"no pid file for {name}"
+        out[name] = rec
+    return out
+
+
+def host_leftovers(cfg: ClusterConfig) -> list[str]:
+    found = [f"netns {n}" for n in network.list_pod_netns(cfg.prefix)]
+    links = network.run(["ip", "-o", "link", "show"]).stdout
+    found += [f"link {cfg.bridge}"] if f": {cfg.bridge}:" in links else []
+    found += [f"veth {cfg.prefix}h" for _ in range(links.count(f": {cfg.prefix}h"))]
+    rules = network.run(["iptables", "-S"]).stdout
+    found += [r for r in rules.splitlines() if network.rule_comment(cfg) + " " in r + " "]
+    return found
+
+
+def test_up_is_idempotent_recovers_and_down_cleans(side: ClusterConfig) -> None:
+    took = control.up(side)
+    assert took < 60
+    first = recorded(side)
+    assert all(rec.alive() for rec in first.values())
+    assert control.status(side)["node_ready"] is True
+
+    # A second `up` reuses the running cluster.
+    t0 = time.monotonic()
+    control.up(side)
+    assert time.monotonic() - t0 < 5
+    assert recorded(side) == first
+
+    # A pod runs in this instance, in a netns with this instance's prefix.
+    c = Cluster(side)
+    c.apply(o.dump(o.sleeper("s")), "default")
+    c.wait_for(lambda: c.pod_ready("default", "s"), timeout=60, what="pod s Ready")
+    netns = c.pod("default", "s").netns
+    assert netns.startswith("rlt-")
+    assert network.netns_exists(netns)
+
+    # Crash: the kubelet and the apiserver die without cleaning up.
+    for name in ("kubelet", "kube-apiserver"):
+        os.kill(first[name].pid, signal.SIGKILL)
+    c.wait_for(lambda: not control.healthy(side), timeout=10, what="cluster seen unhealthy")
+    assert network.netns_exists(netns)  # the crash left the pod's netns behind
+
+    control.up(side)
+    second = recorded(side)
+    assert all(rec.alive() for rec in second.values())
+    assert not any(first[n].alive() for n in control.COMPONENTS)
+    assert not network.netns_exists(netns)
+    assert control.status(side)["node_ready"] is True
+
+    report = control.down(side, quiet=True)
+    assert any("stopped kube-apiserver" in line for line in report)
+    assert not any(rec.alive() for rec in second.values())
+    assert host_leftovers(side) == []
+    # down again: nothing left to do, no error
+    assert control.down(side, quiet=True) == []
+    # the shared cluster's bridge is untouched by this instance's down
+    assert side.bridge != ClusterConfig.default().bridge
