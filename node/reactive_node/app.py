@@ -21,11 +21,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import contract
+from .backoff import Backoff
 from .behaviors import Behavior, load_behavior
 from .config import NodeConfig
 from .metrics import NodeMetrics
 from .node import Node, Outcome, Reply, Transport
-from .store import StateStore
+from .store import StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,27 @@ async def _watch(node: Node) -> None:
         await asyncio.sleep(node.config.interval)
 
 
+async def _main(node: Node, transport: Transport | None) -> None:
+    """Load the state (retrying), then watch the store and run the loop."""
+    backoff = Backoff(node.config.interval, node.config.max_backoff)
+    while not node.ready:
+        await asyncio.sleep(backoff.next_delay())
+        try:
+            await node.start()
+        except StoreError as e:
+            log.warning("node %s: cannot load its state yet: %s", node.config.node, e)
+    watcher = asyncio.create_task(_watch(node), name="store-watch")
+    try:
+        if transport is not None:
+            await node.run(transport)
+        else:
+            await watcher
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
+
+
 def _background(run_loop: bool) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         node = app[NODE_KEY]
@@ -175,11 +197,13 @@ def _background(run_loop: bool) -> Callable[[web.Application], AsyncIterator[Non
         async with aiohttp.ClientSession(connector=connector) as session:
             app[SESSION_KEY] = session
             node.token_listener = _token_webhook(app, tasks)
-            await node.start()
-            runners = [asyncio.create_task(_watch(node), name="store-watch")]
-            if run_loop:
-                transport = aiohttp_transport(session, config.timeout)
-                runners.append(asyncio.create_task(node.run(transport), name="loop"))
+            transport = aiohttp_transport(session, config.timeout) if run_loop else None
+            try:
+                await node.start()
+            except StoreError as e:
+                # Keep serving (readyz says 503) and keep trying in the background.
+                log.warning("node %s: cannot load its state yet: %s", config.node, e)
+            runners = [asyncio.create_task(_main(node, transport), name="node")]
             try:
                 yield
             finally:

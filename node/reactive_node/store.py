@@ -66,9 +66,14 @@ class MemoryStore:
         self.writes = 0
         self.fail_saves = 0
         """Number of next saves that raise `StoreError` (for tests)."""
+        self.fail_loads = 0
+        """Number of next loads that raise `StoreError` (for tests)."""
         self._events: asyncio.Queue[Snapshot] = asyncio.Queue()
 
     async def load(self) -> Snapshot:
+        if self.fail_loads > 0:
+            self.fail_loads -= 1
+            raise StoreError("memory store told to fail")
         return Snapshot(self.raw, self.replicas)
 
     async def save(self, text: str) -> None:

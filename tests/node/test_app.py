@@ -232,3 +232,17 @@ async def test_metrics_pass_promtool(make_node: MakeNode) -> None:
 
 async def _until(check: Any) -> None:
     await eventually(check, within=5.0)
+
+
+async def test_not_ready_until_the_state_is_loaded(make_node: MakeNode) -> None:
+    store = MemoryStore(raw=encode_state({"generation": 2, "target": "x"}))
+    store.fail_loads = 2
+    n = await make_node(store, interval=0.05)
+    assert (await n.client.get(contract.READY_PATH)).status == 503
+    r = await post(n, body())
+    assert r.status == 503
+    assert (await r.json())["error"] == "unavailable"
+    assert (await (await n.client.get(contract.STATE_PATH)).json())["ready"] is False
+    await _until(lambda: n.node.ready)
+    assert (await n.client.get(contract.READY_PATH)).status == 200
+    assert n.node.state == {"generation": 2, "target": "x"}
