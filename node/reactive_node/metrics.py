@@ -112,8 +112,12 @@ class NodeMetrics:
             registry=registry,
         )
         self._info.labels(*values, behavior, topology).set(1)
+        self._current_phase = ""
         self.set_phase("starting")
 
     def set_phase(self, phase: str) -> None:
+        if phase == self._current_phase:
+            return
+        self._current_phase = phase
         for name, gauge in self.phase.items():
             gauge.set(1 if name == phase else 0)

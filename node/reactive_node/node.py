@@ -26,7 +26,6 @@ from .codec import (
     RoundTripRequest,
     RoundTripResponse,
     decode_state,
-    encode_request,
     encode_state,
     sign,
     verify,
@@ -307,16 +306,16 @@ class Node:
             log.warning("node %s: cannot persist a time-driven change: %s", self.config.node, e)
             mine = self.state
         self.seq += 1
-        req = RoundTripRequest.model_validate(
+        body = json.dumps(
             {
                 "loop": self.config.loop,
                 "from": self.config.node,
                 "boot": self.boot,
                 "seq": self.seq,
                 "state": mine,
-            }
-        )
-        body = encode_request(req)
+            },
+            separators=(",", ":"),
+        ).encode()
         headers = {"Content-Type": "application/json"}
         key = self.config.hmac_bytes()
         if key is not None:

@@ -102,9 +102,10 @@ class PeerHinting(Protocol):
 
 def peer_hint(behavior: Behavior, mine: State, ctx: Context) -> int | None:
     """The behaviour's hint if it gives one and it names another existing node."""
-    if not isinstance(behavior, PeerHinting):
+    method = getattr(behavior, "peer_hint", None)  # cheaper than isinstance on a Protocol
+    if method is None:
         return None
-    hint = behavior.peer_hint(mine, ctx)
+    hint: int | None = method(mine, ctx)
     if hint is None or hint == ctx.ordinal or not 0 <= hint < ctx.replicas:
         return None
     return hint

@@ -10,6 +10,7 @@ duplicated answer never harms: the next round trip repairs it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .base import Context, InvalidState, State, Summary, canonical
@@ -19,13 +20,15 @@ from .base import Context, InvalidState, State, Summary, canonical
 MAX_TARGET_BYTES = 16 * 1024
 
 
-def _key(state: State) -> tuple[int, str]:
-    return int(state["generation"]), canonical(state["target"])
-
-
 def merge(a: State, b: State) -> State:
     """The newer of two converge states (ties broken by canonical target)."""
-    return a if _key(a) >= _key(b) else b
+    ga, gb = int(a["generation"]), int(b["generation"])
+    if ga != gb:
+        return a if ga > gb else b
+    if a["target"] == b["target"]:
+        return a
+    # Only two different targets of one generation need the canonical text.
+    return a if canonical(a["target"]) >= canonical(b["target"]) else b
 
 
 class Converge:
@@ -48,7 +51,7 @@ class Converge:
         if "target" not in raw:
             raise InvalidState("converge state needs a target (may be null)")
         try:
-            size = len(canonical(raw["target"]).encode())
+            size = len(json.dumps(raw["target"], separators=(",", ":")).encode())
         except (TypeError, ValueError) as e:
             raise InvalidState(f"converge target is not JSON: {e}") from e
         if size > MAX_TARGET_BYTES:
