@@ -58,6 +58,7 @@ bench: venv ## node benchmarks: round trip vs aiohttp/asyncio, RSS, convergence 
 lint: venv ## ruff and import layering
 	$(VENV)/bin/ruff check node operator tests bench
 	$(VENV)/bin/ruff format --check node operator tests bench
+	$(VENV)/bin/lint-imports
 
 .PHONY: typecheck
 typecheck: venv ## mypy --strict
