@@ -9,9 +9,16 @@ from asyncio.subprocess import PIPE, STDOUT
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from node.nodesupport import LOOP, MakeNode, NodeUnderTest, eventually
+from prometheus_client import CollectorRegistry
 from reactive_node import contract
+from reactive_node.behaviors import Converge
 from reactive_node.codec import encode_state, sign
+from reactive_node.config import NodeConfig
+from reactive_node.metrics import NodeMetrics
+from reactive_node.node import Node
 from reactive_node.store import MemoryStore
 
 REQUESTS = contract.M_REQUESTS
@@ -246,3 +253,42 @@ async def test_not_ready_until_the_state_is_loaded(make_node: MakeNode) -> None:
     await _until(lambda: n.node.ready)
     assert (await n.client.get(contract.READY_PATH)).status == 200
     assert n.node.state == {"generation": 2, "target": "x"}
+
+
+json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+json_any = st.recursive(
+    json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+bodies = st.one_of(
+    st.binary(max_size=200),
+    json_any.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {"loop": st.sampled_from([LOOP, "x"]), "from": st.text(max_size=5), "boot": json_any,
+         "seq": json_any, "state": json_any},
+        optional={"extra": json_any},
+    ).map(lambda v: json.dumps(v).encode()),
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=bodies)
+async def test_any_body_gets_a_json_answer_and_only_200_changes_state(raw: bytes) -> None:
+    registry = CollectorRegistry()
+    config = NodeConfig(loop=LOOP, ordinal=1, replicas=3)
+    store = MemoryStore()
+    node = Node(
+        config, Converge(), store, NodeMetrics(registry, LOOP, "test-1", "converge", "ring")
+    )
+    await node.start()
+    before = node.state
+    reply = await node.serve_roundtrip(raw, None)
+    assert reply.status in (200, 400, 409)
+    json.dumps(reply.body)  # always serialisable
+    if reply.status != 200:
+        assert node.state == before
+        assert set(reply.body) == {"error", "detail"}
+        assert store.writes == 0
