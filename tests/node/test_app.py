@@ -263,12 +263,17 @@ json_any = st.recursive(
     ),
     max_leaves=12,
 )
+numbers = st.one_of(st.integers(-2, 5), json_any)
+states = st.one_of(
+    json_any,
+    st.fixed_dictionaries({"generation": numbers, "target": json_any}),
+)
 bodies = st.one_of(
     st.binary(max_size=200),
     json_any.map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries(
-        {"loop": st.sampled_from([LOOP, "x"]), "from": st.text(max_size=5), "boot": json_any,
-         "seq": json_any, "state": json_any},
+        {"loop": st.sampled_from([LOOP, "x"]), "from": st.text(max_size=5), "boot": numbers,
+         "seq": numbers, "state": states},
         optional={"extra": json_any},
     ).map(lambda v: json.dumps(v).encode()),
 )  # fmt: skip
