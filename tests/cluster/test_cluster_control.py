@@ -17,30 +17,14 @@ from pathlib import Path
 import pytest
 from cluster import objects as o
 from localcluster import Cluster, control, network, procs
-from localcluster.config import ClusterConfig, checkout_root, tools_bin
+from localcluster.config import ClusterConfig
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
 def side(tmp_path: Path) -> Iterator[ClusterConfig]:
-    cfg = ClusterConfig(
-        root=checkout_root(),
-        bin_dir=tools_bin(),
-        state_root=tmp_path / "lc",
-        prefix="rlt",
-        node_name="rlt-node",
-        bridge="rltbr0",
-        bridge_cidr="10.78.0.0/16",
-        gateway_ip="10.78.0.1",
-        service_cidr="10.97.0.0/16",
-        kubernetes_service_ip="10.97.0.1",
-        apiserver_port=16443,
-        etcd_client_port=22379,
-        etcd_peer_port=22380,
-        kcm_port=20257,
-        scheduler_port=20259,
-    )
+    cfg = ClusterConfig.scratch(tmp_path / "lc", index=2)
     yield cfg
     control.down(cfg, quiet=True)
 
@@ -82,7 +66,7 @@ def test_up_is_idempotent_recovers_and_down_cleans(side: ClusterConfig) -> None:
     c.apply(o.dump(o.sleeper("s")), "default")
     c.wait_for(lambda: c.pod_ready("default", "s"), timeout=60, what="pod s Ready")
     netns = c.pod("default", "s").netns
-    assert netns.startswith("rlt-")
+    assert netns.startswith("rl2-")
     assert network.netns_exists(netns)
 
     # Crash: the kubelet and the apiserver die without cleaning up.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import textwrap
 from typing import Any
@@ -32,7 +33,7 @@ def test_deployment_ready_and_reached_by_service_dns(cluster: Cluster, namespace
     assert len(pods) == 1
     status = pods[0]["status"]
     assert status["phase"] == "Running"
-    assert status["podIP"].startswith("10.77.")
+    assert ipaddress.ip_address(status["podIP"]) in ipaddress.ip_network(cluster.cfg.bridge_cidr)
     assert {"type": "Ready", "status": "True"}.items() <= next(
         c for c in status["conditions"] if c["type"] == "Ready"
     ).items()
@@ -223,3 +224,29 @@ def test_container_without_command_reports_reason(cluster: Cluster, namespace: s
     assert status["image"] == "nginx:1.27"
     assert "has none" in status["state"]["waiting"]["message"]
     assert "never pulled" in status["state"]["waiting"]["message"]
+
+
+def test_init_container_runs_first_and_shares_empty_dir(cluster: Cluster, namespace: str) -> None:
+    mount = [{"name": "scratch", "mountPath": "/scratch"}]
+    init = o.container(
+        "prepare",
+        [o.PY, "-c", "open('/scratch/msg', 'w').write('prepared')"],
+        volumeMounts=mount,
+    )
+    main = o.container(
+        "main", [o.PY, "-c", "print(open('/scratch/msg').read())"], volumeMounts=mount
+    )
+    p = o.pod(
+        "withinit",
+        [main],
+        restartPolicy="Never",
+        initContainers=[init],
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+    )
+    cluster.apply(o.dump(p), namespace)
+    pod = wait_pod_phase(cluster, namespace, "withinit", "Succeeded")
+    assert cluster.logs(namespace, "withinit", "main").strip() == "prepared"
+    init_status = pod["status"]["initContainerStatuses"][0]
+    assert init_status["state"]["terminated"]["exitCode"] == 0
+    initialized = next(c for c in pod["status"]["conditions"] if c["type"] == "Initialized")
+    assert initialized["status"] == "True"

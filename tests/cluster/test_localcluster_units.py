@@ -215,3 +215,29 @@ def test_pki_chain_and_names(tmp_path: Path) -> None:
     before = (d / "ca.crt").read_bytes()
     pki.ensure_pki(cfg)  # complete set: reused, not regenerated
     assert (d / "ca.crt").read_bytes() == before
+
+
+def test_pod_status_while_initialising_and_after_init_failure() -> None:
+    pod = mkpod("p")
+    main = specs.ContainerView(name="c", image="i", reason="PodInitializing")
+    init = specs.ContainerView(name="i", image="i", state="running", started_at="t0")
+    status = specs.pod_status(
+        pod, [main], True, "ip", "h", "t0", "t1", init_views=[init], initialized=False
+    )
+    assert status["phase"] == "Pending"
+    assert status["initContainerStatuses"][0]["state"] == {"running": {"startedAt": "t0"}}
+    cond = {c["type"]: c["status"] for c in status["conditions"]}
+    assert (cond["Initialized"], cond["Ready"]) == ("False", "False")
+    failed = specs.pod_status(
+        pod,
+        [main],
+        True,
+        "ip",
+        "h",
+        "t0",
+        "t1",
+        init_views=[init],
+        initialized=False,
+        init_failed=True,
+    )
+    assert failed["phase"] == "Failed"

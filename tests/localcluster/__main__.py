@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from localcluster import control
 from localcluster.config import ClusterConfig
@@ -16,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="start the cluster (or reuse a running one)")
     sub.add_parser("down", help="stop everything and remove what it made")
+    scratch = sub.add_parser(
+        "scratch-config", help="write DIR/cluster.json for a second instance (RL_CLUSTER_CONFIG)"
+    )
+    scratch.add_argument("dir", type=Path)
+    scratch.add_argument("--index", type=int, default=1, choices=range(1, 6))
     st = sub.add_parser("status", help="say what runs")
     st.add_argument("--json", action="store_true")
     fault = sub.add_parser("fault", help="inject a fault into a pod ([NS/]POD)")
@@ -31,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     kill.add_argument("--container")
     args = parser.parse_args(argv)
 
+    if args.cmd == "scratch-config":
+        cfg = ClusterConfig.scratch(args.dir.resolve(), args.index)
+        args.dir.mkdir(parents=True, exist_ok=True)
+        cfg.config_file.write_text(cfg.to_json())
+        print(cfg.config_file)
+        return 0
     cfg = ClusterConfig.default()
     try:
         if args.cmd == "up":

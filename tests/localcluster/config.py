@@ -58,7 +58,31 @@ class ClusterConfig:
 
     @classmethod
     def default(cls) -> ClusterConfig:
+        """The checkout's cluster, or the one RL_CLUSTER_CONFIG (a JSON file) names."""
+        path = os.environ.get("RL_CLUSTER_CONFIG")
+        if path:
+            return cls.from_json(Path(path).read_text())
         return cls(root=checkout_root(), bin_dir=tools_bin())
+
+    @classmethod
+    def scratch(cls, state_root: Path, index: int = 1) -> ClusterConfig:
+        """A second instance beside the default one: its own state directory,
+        ports, bridge, subnet and name prefix (index 1..5)."""
+        return cls(
+            root=checkout_root(),
+            bin_dir=tools_bin(),
+            state_root=state_root,
+            prefix=f"rl{index}",
+            node_name=f"rl{index}-node",
+            bridge=f"rl{index}br0",
+            bridge_cidr=f"10.{77 + index}.0.0/16",
+            gateway_ip=f"10.{77 + index}.0.1",
+            apiserver_port=6443 + 10000 * index,
+            etcd_client_port=12379 + 1000 * index,
+            etcd_peer_port=12380 + 1000 * index,
+            kcm_port=10257 + 10000 * index,
+            scheduler_port=10259 + 10000 * index,
+        )
 
     def to_json(self) -> str:
         data: dict[str, Any] = dataclasses.asdict(self)

@@ -141,6 +141,7 @@ def component_specs(cfg: ClusterConfig) -> list[Component]:
                 f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
                 f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
                 "--authorization-mode=Node,RBAC",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,"
                 "DefaultTolerationSeconds,Priority,ResourceQuota,PodSecurity,NodeRestriction,"
                 "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",

@@ -13,7 +13,6 @@ per pod, the seconds from the create request to phase Running and to Ready
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import ssl
 import statistics
@@ -87,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = ClusterConfig.default()
     if args.scratch:
-        cfg = scratch_config(Path(tempfile.mkdtemp(prefix="rl-measure-")))
+        cfg = ClusterConfig.scratch(Path(tempfile.mkdtemp(prefix="rl-measure-")), index=3)
     result: dict[str, Any] = {}
     try:
         if args.up or args.scratch:
@@ -107,23 +106,6 @@ def main() -> None:
     else:
         for k, v in result.items():
             print(f"{k:32} {v}")
-
-
-def scratch_config(state: Path) -> ClusterConfig:
-    return dataclasses.replace(
-        ClusterConfig.default(),
-        state_root=state,
-        prefix="rlm",
-        node_name="rlm-node",
-        bridge="rlmbr0",
-        bridge_cidr="10.79.0.0/16",
-        gateway_ip="10.79.0.1",
-        apiserver_port=26443,
-        etcd_client_port=32379,
-        etcd_peer_port=32380,
-        kcm_port=30257,
-        scheduler_port=30259,
-    )
 
 
 def measure_pods(cfg: ClusterConfig, n: int) -> dict[str, Any]:

@@ -125,12 +125,20 @@ class PodWorker:
             c["name"]: specs.ContainerView(name=c["name"], image=c.get("image", ""))
             for c in spec.get("containers") or []
         }
+        self.init_views: dict[str, specs.ContainerView] = {
+            c["name"]: specs.ContainerView(name=c["name"], image=c.get("image", ""))
+            for c in spec.get("initContainers") or []
+        }
+        self.initialized = not self.init_views
+        self.init_failed = False
+        for v in self.views.values() if self.init_views else ():
+            v.reason = "PodInitializing"
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.liveness_killed: set[str] = set()
         self.dirty = asyncio.Event()
         self.dirty.set()
         self.tasks: list[asyncio.Task[None]] = []
-        self.container_tasks: list[asyncio.Task[None]] = []
+        self.container_tasks: list[asyncio.Task[bool]] = []
         self.main: asyncio.Task[None] | None = None
         self.term_task: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()
@@ -167,6 +175,15 @@ class PodWorker:
                 v.reason, v.message = "ContainerCreating", f"sandbox setup failed: {e}"
             self.dirty.set()
             return
+        for c in self.pod.get("spec", {}).get("initContainers") or []:
+            if self.terminating:
+                return
+            if not await self._container_loop(c, init=True):
+                self.init_failed = not self.terminating
+                self.dirty.set()
+                return
+        self.initialized = True
+        self.dirty.set()
         if self.terminating:
             return
         for c in self.pod.get("spec", {}).get("containers") or []:
@@ -381,9 +398,14 @@ class PodWorker:
             *cmd,
         ]
 
-    async def _container_loop(self, c: Obj) -> None:
+    async def _container_loop(self, c: Obj, init: bool = False) -> bool:
+        """Run container `c` under the restart policy; True if it ended in success.
+
+        An init container is restarted on failure unless restartPolicy is Never
+        and ends the loop on its first success.
+        """
         name = c["name"]
-        view = self.views[name]
+        view = self.init_views[name] if init else self.views[name]
         if not c.get("command"):
             view.state, view.reason = "waiting", "NoCommand"
             view.message = (
@@ -391,7 +413,7 @@ class PodWorker:
                 f"(image {c.get('image', '')!r} is recorded, never pulled)"
             )
             self.dirty.set()
-            return
+            return False
         policy = self.pod.get("spec", {}).get("restartPolicy", "Always")
         backoff = 0.5
         workdir = self.dir / "work" / name
@@ -452,10 +474,14 @@ class PodWorker:
             view.message = "liveness probe failed" if killed_by_probe else ""
             self.dirty.set()
             if self.terminating:
-                return
+                return False
+            if init and code == 0:
+                return True
             restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+            if init:
+                restart = code != 0 and policy != "Never"
             if not restart:
-                return
+                return code == 0
             if time.monotonic() - began > 2 * MAX_BACKOFF:
                 backoff = 0.5
             view.last_terminated = view.status()["state"]["terminated"]
@@ -465,6 +491,7 @@ class PodWorker:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
             view.restart_count += 1
+        return False
 
     # --- probes -----------------------------------------------------------------------
     def _port(self, c: Obj, port: int | str) -> int:
@@ -575,8 +602,8 @@ class PodWorker:
                 await self.api.request(
                     "DELETE", f"/api/v1/namespaces/{self.ns}/pods/{self.name}", body
                 )
-        for t in self.tasks:
-            t.cancel()
+        for task in self.tasks:
+            task.cancel()
         self.finished.set()
 
     async def _teardown_sandbox(self) -> None:
@@ -626,6 +653,9 @@ class PodWorker:
                 self.start_time,
                 now_iso(),
                 self.pod.get("status"),
+                init_views=list(self.init_views.values()),
+                initialized=self.initialized,
+                init_failed=self.init_failed,
             )
             if status == self.last_status:
                 continue

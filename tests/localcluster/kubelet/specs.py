@@ -298,16 +298,24 @@ def pod_status(
     start_time: str,
     now: str,
     previous: Obj | None = None,
+    init_views: list[ContainerView] | None = None,
+    initialized: bool = True,
+    init_failed: bool = False,
 ) -> Obj:
     """The `status` to PATCH, with lastTransitionTime kept where nothing changed."""
     policy = pod.get("spec", {}).get("restartPolicy", "Always")
-    phase = pod_phase(views, policy, sandbox_ready)
+    if init_failed:
+        phase = "Failed"
+    elif not initialized:
+        phase = "Pending"
+    else:
+        phase = pod_phase(views, policy, sandbox_ready)
     all_ready = bool(views) and all(v.ready for v in views)
     if phase in ("Succeeded", "Failed"):
         all_ready = False
     truth = {
         "PodReadyToStartContainers": sandbox_ready,
-        "Initialized": True,
+        "Initialized": initialized,
         "ContainersReady": all_ready,
         "Ready": all_ready,
     }
@@ -333,6 +341,8 @@ def pod_status(
         "startTime": start_time,
         "containerStatuses": [v.status() for v in views],
     }
+    if init_views:
+        status["initContainerStatuses"] = [v.status() for v in init_views]
     if pod_ip:
         status["podIP"] = pod_ip
         status["podIPs"] = [{"ip": pod_ip}]
