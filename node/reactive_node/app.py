@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import contract
 from .backoff import Backoff
@@ -84,13 +85,6 @@ async def roundtrip(request: web.Request) -> web.Response:
 
 async def state(request: web.Request) -> web.Response:
     return web.json_response(request.app[NODE_KEY].describe())
-
-
-async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[NODE_KEY].metrics.registry
-    return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -243,7 +237,7 @@ def create_app(
     app.cleanup_ctx.append(_background(run_loop))
     app.router.add_post(contract.ROUNDTRIP_PATH, roundtrip)
     app.router.add_get(contract.STATE_PATH, state)
-    app.router.add_get(contract.METRICS_PATH, metrics)
+    app.router.add_get(contract.METRICS_PATH, make_aiohttp_handler(registry))
     app.router.add_get(contract.HEALTH_PATH, healthz)
     app.router.add_get(contract.READY_PATH, readyz)
     return app
