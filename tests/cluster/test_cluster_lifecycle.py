@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cluster import objects as o
@@ -137,3 +139,34 @@ def test_kill_restarts_per_restart_policy(cluster: Cluster, namespace: str) -> N
     new_pid = cluster.pod(namespace, "always").containers["main"]
     assert new_pid != first.pid
     assert os.path.exists(f"/proc/{new_pid}")
+
+
+def localcluster_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run(
+        [sys.executable, "-m", "localcluster", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_fault_cli_cut_restore_kill(cluster: Cluster, namespace: str) -> None:
+    cluster.apply(o.dump(o.sleeper("target")), namespace)
+    first = running_handle(cluster, namespace, "target")
+    ref = f"{namespace}/target"
+    assert localcluster_cli("fault", "cut", ref).returncode == 0
+    assert cluster.faults.is_cut(namespace, "target")
+    assert localcluster_cli("fault", "restore", ref).returncode == 0
+    assert not cluster.faults.is_cut(namespace, "target")
+    killed = localcluster_cli("fault", "kill", ref)
+    assert (killed.returncode, killed.stdout.split()) == (0, [str(first.pid)])
+    cluster.wait_for(lambda: not first.alive(), timeout=10, what="killed process gone")
+    missing = localcluster_cli("fault", "cut", f"{namespace}/nope")
+    assert missing.returncode == 1
+    assert "is not running" in missing.stderr
+    status = localcluster_cli("status")
+    assert status.returncode == 0
+    assert "node Ready               True" in status.stdout
