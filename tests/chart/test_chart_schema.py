@@ -58,6 +58,7 @@ def test_every_top_level_value_is_in_the_schema() -> None:
         (["watchNamespaces={Team_A}"], "/watchNamespaces/0"),
         (["monitoring.prometheusRule.runbookBaseUrl=docs/monitoring.md"], "runbookBaseUrl"),
         (["service.type=External"], "/service/type"),
+        (["operator.logLevel=verbose"], "/operator/logLevel"),
         (["operator.image.repository="], "/operator/image/repository"),
     ],
 )

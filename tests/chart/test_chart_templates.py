@@ -124,6 +124,9 @@ def test_operator_env_is_what_the_operator_config_reads(render: Render) -> None:
     env = env_of(operator_container(manifests))
     source = Path(config.__file__).read_text()
     known = {config.ENV_PREFIX + name for name in re.findall(r'p \+ "([A-Z_]+)"', source)}
+    # The entry point reads the log level itself.
+    main_source = (Path(config.__file__).parent / "main.py").read_text()
+    known |= set(re.findall(r'"(RLO_[A-Z_]+)"', main_source))
     assert known, "could not read the operator's variable names"
     assert set(env) <= known, f"variables the operator does not read: {set(env) - known}"
     # Resolve the downward-API fields as the kubelet would, then let the
@@ -134,6 +137,7 @@ def test_operator_env_is_what_the_operator_config_reads(render: Render) -> None:
     assert cfg.node_image == "registry.example/rl-node:1.2.3"
     assert cfg.port == 8080
     assert cfg.leader_election is True
+    assert env["RLO_LOG_LEVEL"] == "INFO"
     assert ("app.kubernetes.io/component", "operator") in cfg.operator_pod_labels
     pod_labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert dict(cfg.operator_pod_labels).items() <= pod_labels.items()
