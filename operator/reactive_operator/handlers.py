@@ -332,12 +332,13 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     """Register every handler of the operator on `registry`."""
     group, version, plural = c.API_GROUP, c.API_VERSION, c.PLURAL
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return await kopf.login_via_async_client(**kwargs)
 
     @kopf.index(
         "pods",
+        id="node_pods",
         labels={c.LOOP_LABEL: kopf.PRESENT, c.COMPONENT_LABEL: c.NODE_COMPONENT},
         registry=registry,
     )
@@ -379,23 +380,25 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         for k, v in changes.items():
             patch.status[k] = v
 
-    @kopf.on.resume(group, version, plural, registry=registry)
-    @kopf.on.create(group, version, plural, registry=registry)
-    @kopf.on.update(group, version, plural, field="spec", registry=registry)
+    @kopf.on.resume(group, version, plural, id="resume", registry=registry)
+    @kopf.on.create(group, version, plural, id="create", registry=registry)
+    @kopf.on.update(group, version, plural, field="spec", id="update", registry=registry)
     async def apply(
         *, body: kopf.Body, patch: kopf.Patch, node_pods: PodIndex = None, **_: Any
     ) -> None:
         assert node_pods is not None
         await reconcile(body, patch, node_pods, force_ensure=True)
 
-    @kopf.timer(group, version, plural, interval=deps.cfg.resync_seconds, registry=registry)
+    @kopf.timer(
+        group, version, plural, id="resync", interval=deps.cfg.resync_seconds, registry=registry
+    )
     async def resync(
         *, body: kopf.Body, patch: kopf.Patch, node_pods: PodIndex = None, **_: Any
     ) -> None:
         assert node_pods is not None
         await reconcile(body, patch, node_pods, force_ensure=False)
 
-    @kopf.on.event(group, version, plural, registry=registry)
+    @kopf.on.event(group, version, plural, id="loop_event", registry=registry)
     async def loop_event(*, type: str, name: str, namespace: str | None, **_: Any) -> None:
         """Forget a deleted loop (its children go by garbage collection: no finalizer)."""
         if type == "DELETED":
@@ -403,6 +406,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
 
     @kopf.on.event(
         "pods",
+        id="pod_event",
         labels={c.LOOP_LABEL: kopf.PRESENT, c.COMPONENT_LABEL: c.NODE_COMPONENT},
         registry=registry,
     )

@@ -60,11 +60,30 @@ async def _call(coro: Awaitable[Any]) -> Any:
         raise _translate(e) from e
 
 
+def _error(status: int, raw: bytes) -> KubeError:
+    text = raw.decode(errors="replace")
+    with contextlib.suppress(ValueError, AttributeError):
+        text = str(json.loads(text).get("message", text))
+    text = text[:_BODY_LIMIT]
+    if status == 404:
+        return NotFound(status, text)
+    if status == 409:
+        return Conflict(status, text)
+    return KubeError(status, text)
+
+
 async def _json(coro: Awaitable[Any]) -> Any:
-    """Await a `_preload_content=False` call and decode its JSON body."""
+    """Await a `_preload_content=False` call; raise on a non-2xx status, else decode JSON.
+
+    Without preloading, kubernetes_asyncio hands back the raw response and
+    does not check its status, so this does.
+    """
     resp = await _call(coro)
     try:
-        return json.loads(await resp.read())
+        raw = await resp.read()
+        if not 200 <= resp.status <= 299:
+            raise _error(int(resp.status), raw)
+        return json.loads(raw) if raw else None
     finally:
         resp.release()
 
@@ -130,14 +149,14 @@ class Kube:
         """Create an object; False if it already existed (never overwritten)."""
         ns = manifest["metadata"]["namespace"]
         try:
-            await _call(self._creator(manifest["kind"])(ns, dict(manifest), _preload_content=False))
+            await _json(self._creator(manifest["kind"])(ns, dict(manifest), _preload_content=False))
         except Conflict:
             return False
         return True
 
     async def _delete(self, fn: Callable[..., Awaitable[Any]], ns: str, name: str) -> bool:
         try:
-            await _call(fn(name, ns, _preload_content=False))
+            await _json(fn(name, ns, _preload_content=False))
         except NotFound:
             return False
         return True
@@ -183,7 +202,7 @@ class Kube:
     async def annotate_pod(self, ns: str, name: str, annotations: Mapping[str, str]) -> None:
         """Patch operator-owned annotations (never the node's state key)."""
         assert c.STATE_ANNOTATION not in annotations
-        await _call(
+        await _json(
             self.core.patch_namespaced_pod(
                 name,
                 ns,
@@ -241,9 +260,9 @@ class Kube:
         )
         try:
             if previous is None:
-                await _call(self.coord.create_namespaced_lease(ns, body, _preload_content=False))
+                await _json(self.coord.create_namespaced_lease(ns, body, _preload_content=False))
             else:
-                await _call(
+                await _json(
                     self.coord.replace_namespaced_lease(name, ns, body, _preload_content=False)
                 )
         except Conflict:

@@ -151,6 +151,9 @@ def main() -> None:
         level=os.environ.get("RLO_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().level > logging.DEBUG:
+        # kopf logs every successful handler call at INFO: one line per pod event.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         cfg = load(os.environ)
     except ConfigError as e:

@@ -388,7 +388,7 @@ def test_invalid_spec_gets_a_condition_not_a_crash(
             "apiVersion": "reactive-loop.dev/v1alpha1",
             "kind": "ReactiveLoop",
             "metadata": {"name": "toobig"},
-            "spec": {"replicas": 1, "target": big},
+            "spec": {"replicas": 2, "target": big},
         }
     )
     cond = cluster.wait_for(
@@ -411,7 +411,7 @@ def test_invalid_spec_gets_a_condition_not_a_crash(
         "-p",
         json.dumps({"spec": {"target": {"blob": "small"}}}),
     )
-    cluster.wait_for(lambda: looping_converged(loops, name, 1), timeout=60, what="recovered")
+    cluster.wait_for(lambda: looping_converged(loops, name, 2), timeout=60, what="recovered")
     assert "reactive_loop_operator_reconciles_total" in operator.metrics()
 
 
