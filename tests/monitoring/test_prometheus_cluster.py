@@ -102,6 +102,7 @@ def deployed(
             "--wait",
             "--timeout",
             "180s",
+            timeout=240,
         )
         cluster.apply(LOOPS, namespace=ns)
         cluster.wait_for(
