@@ -193,11 +193,11 @@ def test_restricted_namespace_rejects_privileged_pod(cluster: Cluster, namespace
     assert cluster.get("pod", "priv", namespace) is None
 
     # A pod meeting `restricted` is admitted and really runs as its non-root user.
-    script = "import os; print(os.getuid())"
+    script = "import getpass, os; print(os.getuid(), getpass.getuser())"
     ok = o.script_pod("compliant", script)
     ok["spec"]["securityContext"] = {
         "runAsNonRoot": True,
-        "runAsUser": 1000,
+        "runAsUser": 4321,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     ok["spec"]["containers"][0]["securityContext"] = {
@@ -207,7 +207,8 @@ def test_restricted_namespace_rejects_privileged_pod(cluster: Cluster, namespace
     }
     cluster.apply(o.dump(ok), namespace)
     wait_pod_phase(cluster, namespace, "compliant", "Succeeded")
-    assert cluster.logs(namespace, "compliant", "main").strip() == "1000"
+    # ... with a passwd entry, as the user of an image would have
+    assert cluster.logs(namespace, "compliant", "main").strip() == "4321 user4321"
 
 
 def test_container_without_command_reports_reason(cluster: Cluster, namespace: str) -> None:

@@ -378,6 +378,12 @@ class PodWorker:
                 lines.append(f"mount -o remount,bind,ro {q(dst)}")
         lines.append(f"cd {q(c.get('workingDir') or str(workdir))}")
         uid, gid = self._security(c)
+        if uid is not None:
+            # An image's non-root USER has a passwd entry; emulate that, so
+            # getpass.getuser() and friends work for any runAsUser.
+            passwd, group = self._identity_files(uid, gid, workdir)
+            lines.append(f"mount --bind {q(str(passwd))} /etc/passwd")
+            lines.append(f"mount --bind {q(str(group))} /etc/group")
         if uid is None:
             lines.append('exec "$@"')
         else:
@@ -397,6 +403,18 @@ class PodWorker:
             "container",
             *cmd,
         ]
+
+    def _identity_files(self, uid: int, gid: int, home: Path) -> tuple[Path, Path]:
+        passwd = Path("/etc/passwd").read_text()
+        group = Path("/etc/group").read_text()
+        if not any(line.split(":")[2:3] == [str(uid)] for line in passwd.splitlines()):
+            passwd += f"user{uid}:x:{uid}:{gid}:pod user:{home}:/bin/sh\n"
+        if not any(line.split(":")[2:3] == [str(gid)] for line in group.splitlines()):
+            group += f"group{gid}:x:{gid}:\n"
+        paths = (self.dir / f"passwd-{uid}", self.dir / f"group-{uid}")
+        write_in_place(paths[0], passwd)
+        write_in_place(paths[1], group)
+        return paths
 
     async def _container_loop(self, c: Obj, init: bool = False) -> bool:
         """Run container `c` under the restart policy; True if it ended in success.
