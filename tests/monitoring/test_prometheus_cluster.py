@@ -3,11 +3,12 @@
 The chart is installed with the real helm (namespaced mode, so it never meets
 another test's operator); the operator it runs creates the node pods of a
 converge and a token loop. Prometheus discovers the node pods and the
-operator pod with `kubernetes_sd_configs` (role pod) against the local
-apiserver, relabelled as the chart's PodMonitor/ServiceMonitor would. Every
-dashboard and rule expression, the operator's included, must return data;
-cutting a node off its peers with the cluster's faults API fires
-ReactiveLoopStalled for it.
+operator pod from the local apiserver and relabels them as the chart's
+PodMonitor/ServiceMonitor would. (Debian's Prometheus is built without
+`kubernetes_sd_configs`, so `podsd` serves the same pod targets and meta
+labels through `http_sd_configs`.) Every dashboard and rule expression, the
+operator's included, must return data; cutting a node off its peers with the
+cluster's faults API fires ReactiveLoopStalled for it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from chart.helmchart import CHART
 from localcluster import Cluster
+from monitoring.podsd import PodDiscovery
 from monitoring.promql import (
     Prometheus,
     dashboard_expressions,
@@ -56,6 +58,24 @@ spec:
 """
 
 
+#: The relabelling of the chart's PodMonitor (nodes) and ServiceMonitor
+#: (operator): pods of app.kubernetes.io/name=reactive-loop, port "http".
+RELABEL = [
+    {
+        "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+        "regex": "reactive-loop",
+        "action": "keep",
+    },
+    {
+        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+        "regex": "http",
+        "action": "keep",
+    },
+    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+]
+
+
 @dataclass
 class Deployed:
     cluster: Cluster
@@ -88,6 +108,7 @@ def deployed(
     ns = f"t-monitoring-{secrets.token_hex(2)}"
     cluster.kubectl("create", "namespace", ns)
     prom: Prometheus | None = None
+    stack = contextlib.ExitStack()
     try:
         cluster.helm(
             "install",
@@ -110,6 +131,9 @@ def deployed(
         )
         workdir = tmp_path_factory.mktemp("prometheus-cluster")
         (workdir / "rules.yaml").write_text(yaml.safe_dump(rendered_monitoring["rules"]))
+        discovery = stack.enter_context(
+            PodDiscovery(lambda: cluster.get("pods", namespace=ns)["items"])
+        )
         config = {
             "global": {
                 "scrape_interval": "1s",
@@ -120,31 +144,11 @@ def deployed(
             "scrape_configs": [
                 {
                     "job_name": "reactive-loop",
-                    "kubernetes_sd_configs": [
-                        {
-                            "role": "pod",
-                            "kubeconfig_file": str(cluster.kubeconfig),
-                            "namespaces": {"names": [ns]},
-                        }
-                    ],
+                    # Debian's Prometheus has no kubernetes_sd_configs; podsd
+                    # lists the pods from the API server with the same labels.
+                    "http_sd_configs": [{"url": discovery.url, "refresh_interval": "2s"}],
                     # What the chart's PodMonitor and ServiceMonitor select.
-                    "relabel_configs": [
-                        {
-                            "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
-                            "regex": "reactive-loop",
-                            "action": "keep",
-                        },
-                        {
-                            "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                            "regex": "http",
-                            "action": "keep",
-                        },
-                        {
-                            "source_labels": ["__meta_kubernetes_namespace"],
-                            "target_label": "namespace",
-                        },
-                        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                    ],
+                    "relabel_configs": RELABEL,
                 }
             ],
         }
@@ -160,6 +164,7 @@ def deployed(
     finally:
         if prom is not None:
             prom.stop()
+        stack.close()
         with contextlib.suppress(Exception):
             cluster.kubectl(
                 "delete", "reactiveloops", "--all", "-n", ns, "--wait=false", check=False
