@@ -112,6 +112,8 @@ class Node:
         self._seen: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self._stored_text: str | None = None
         self._lock = asyncio.Lock()
+        self._key = config.hmac_bytes()
+        self._headers = {"Content-Type": "application/json"}
         rng = rng or random.Random()
         self.picker = PeerPicker(
             config.topology, config.ordinal, ring_skip=config.ring_skip, rng=rng
@@ -231,15 +233,10 @@ class Node:
     async def _serve(self, body: bytes, signature: str | None) -> Reply:
         if self.state is None:
             return _error(503, "unavailable", "state not loaded yet")
-        key = self.config.hmac_bytes()
-        if key is not None and not verify(key, body, signature):
+        if self._key is not None and not verify(self._key, body, signature):
             return _error(401, "unauthorized", f"missing or bad {contract.SIGNATURE_HEADER}")
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            return _error(400, "bad_request", f"body is not JSON: {e}")
-        try:
-            req = RoundTripRequest.model_validate(payload)
+            req = RoundTripRequest.model_validate_json(body)
         except ValidationError as e:
             return _error(400, "bad_request", _describe(e))
         if req.loop != self.config.loop:
@@ -290,7 +287,8 @@ class Node:
     async def step(self, transport: Transport) -> bool:
         """One round trip to the next peer; returns whether it succeeded."""
         assert self.state is not None
-        peer = peer_hint(self.behavior, self.state, self.context())
+        ctx = self.context()
+        peer = peer_hint(self.behavior, self.state, ctx)
         hinted = peer is not None
         if peer is None:
             peer = self.picker.pick(self.replicas)
@@ -299,9 +297,10 @@ class Node:
             self._record(None, "no_peer")
             return False
         peer_name = self.config.node_name(peer)
+        ctx = dataclasses.replace(ctx, peer=peer)
         try:
             async with self._lock:
-                mine = await self._update(lambda m: self.behavior.tick(m, self.context(peer)))
+                mine = await self._update(lambda m: self.behavior.tick(m, ctx))
         except StoreError as e:
             log.warning("node %s: cannot persist a time-driven change: %s", self.config.node, e)
             mine = self.state
@@ -316,10 +315,9 @@ class Node:
             },
             separators=(",", ":"),
         ).encode()
-        headers = {"Content-Type": "application/json"}
-        key = self.config.hmac_bytes()
-        if key is not None:
-            headers[contract.SIGNATURE_HEADER] = sign(key, body)
+        headers = self._headers
+        if self._key is not None:
+            headers = {**headers, contract.SIGNATURE_HEADER: sign(self._key, body)}
         url = f"http://{address}{contract.ROUNDTRIP_PATH}"
         started = time.perf_counter()
         result = await transport(url, body, headers)
