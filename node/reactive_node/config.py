@@ -63,6 +63,10 @@ class NodeConfig(BaseModel):
             raise ValueError("peer_template must contain '{ordinal}'")
         if self.peers and self.peer_template:
             raise ValueError("give either peers or peer_template, not both")
+        if self.token_loss_timeout <= self.token_hold:
+            # A holder keeps the token this long without news: a shorter loss
+            # timeout would regenerate tokens while the holder is alive.
+            raise ValueError("token_loss_timeout must be greater than token_hold")
         if self.store == "file" and self.state_dir is None:
             raise ValueError("the file store needs state_dir")
         if self.store == "pod" and (not self.namespace or not (self.pod_name or self.node)):

@@ -82,6 +82,7 @@ def test_every_setting_has_an_env_var_and_a_flag() -> None:
         (["--ordinal", "3"], {contract.ENV_PEERS: "a:1,b:2"}),
         (["--replicas", "3"], {contract.ENV_PEERS: "a:1,b:2"}),
         (["--port", "70000"], {}),
+        (["--token-hold", "30", "--token-loss-timeout", "20"], {}),
     ],
 )
 def test_bad_configuration_is_rejected(argv: list[str], env: dict[str, str]) -> None:
