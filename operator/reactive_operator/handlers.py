@@ -57,6 +57,7 @@ class LoopMemo:
     inject_backoff: float = 1.0
     next_injection: float = 0.0
     last_spec_error: str | None = None
+    rbac_clean_for: tuple[int, tuple[int, ...]] | None = None
     reported_errors: set[str] = field(default_factory=set)
 
 
@@ -189,8 +190,12 @@ class Reconciler:
         kube = self.deps.kube
         replicas = spec.replicas
         ordinals = sorted(p.ordinal for p in self.pods)
-        if ordinals == list(range(replicas)):
-            rbac = set(range(replicas))  # every pod exists: so does its RBAC
+        # RBAC objects are listed only until they were once seen to match the
+        # pods; while pods and replicas stay as they are, nothing can differ.
+        rbac_key = (replicas, tuple(ordinals))
+        listed = False
+        if self.memo.rbac_clean_for == rbac_key and ordinals == list(range(replicas)):
+            rbac = set(range(replicas))
         else:
             names = await kube.service_account_names(self.namespace, builders.selector(self.name))
             rbac = {
@@ -198,8 +203,12 @@ class Reconciler:
                 for n in names
                 if n.startswith(self.name + "-") and n.rsplit("-", 1)[1].isdigit()
             }
+            listed = True
         wanted_hash = builders.spec_hash(spec, self.deps.defaults)
         todo = plan(replicas=replicas, spec_hash=wanted_hash, pods=self.pods, rbac_ordinals=rbac)
+        if listed:
+            clean = not (todo.create_rbac or todo.delete_rbac or todo.create_pods)
+            self.memo.rbac_clean_for = rbac_key if clean else None
         ns = self.namespace
         for ordinal in todo.create_rbac:
             for manifest in builders.node_rbac(self.owner, ordinal):

@@ -130,6 +130,9 @@ async def run(cfg: OperatorConfig) -> int:
                     registry=registry_k,
                     settings=kopf_settings(cfg),
                     standalone=True,
+                    # kopf would derive it from the user name, which a bare
+                    # non-root uid (no passwd entry) does not have.
+                    identity=cfg.identity,  # type: ignore[arg-type]
                     clusterwide=not cfg.namespaces,
                     namespaces=list(cfg.namespaces),
                     stop_flag=stop,

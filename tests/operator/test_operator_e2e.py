@@ -31,7 +31,7 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "reactive-loop"
 EXAMPLES = ROOT / "examples"
-RESYNC_SECONDS = 1.5
+RESYNC_SECONDS = 2
 
 
 @dataclass
