@@ -69,6 +69,18 @@ def test_up_is_idempotent_recovers_and_down_cleans(side: ClusterConfig) -> None:
     assert netns.startswith("rl2-")
     assert network.netns_exists(netns)
 
+    # Restarting only the kubelet (new code) restarts the pod, objects stay.
+    old_pid = c.pod("default", "s").containers["main"]
+    control.restart(side, "kubelet")
+
+    def rerun() -> bool:
+        pid = c.pod("default", "s").containers.get("main")
+        return bool(pid and pid != old_pid and c.pod_ready("default", "s"))
+
+    c.wait_for(rerun, timeout=30, what="pod s running again under the new kubelet")
+    assert len(c.get("pod", "s", "default")["status"]["podIPs"]) == 1
+    first = recorded(side)
+
     # Crash: the kubelet and the apiserver die without cleaning up.
     for name in ("kubelet", "kube-apiserver"):
         os.kill(first[name].pid, signal.SIGKILL)

@@ -127,7 +127,9 @@ def test_pod_phase(states: list[str], codes: list[int | None], policy: str, phas
 def test_pod_status_keeps_transition_time_when_unchanged() -> None:
     pod = mkpod("p")
     view = specs.ContainerView(name="c", image="i", state="running", ready=True, started_at="t0")
-    first = specs.pod_status(pod, [view], True, "10.77.0.5", "10.77.0.1", "t0", "t1")
+    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+    first = specs.pod_status(pod, [view], True, "10.77.0.5", "10.77.0.1", "t0", "t1", pod["status"])
+    assert {"type": "PodScheduled", "status": "True"} in first["conditions"]
     again = specs.pod_status(pod, [view], True, "10.77.0.5", "10.77.0.1", "t0", "t2", first)
     assert first["conditions"] == again["conditions"]
     assert again["podIPs"] == [{"ip": "10.77.0.5"}]
@@ -213,8 +215,12 @@ def test_pki_chain_and_names(tmp_path: Path) -> None:
     ).stdout
     assert "O = system:masters" in subject
     before = (d / "ca.crt").read_bytes()
-    pki.ensure_pki(cfg)  # complete set: reused, not regenerated
+    admin = (d / "admin.crt").read_bytes()
+    (d / "kubelet-serving.crt").unlink()
+    pki.ensure_pki(cfg)  # only the missing leaf is issued, by the same CA
     assert (d / "ca.crt").read_bytes() == before
+    assert (d / "admin.crt").read_bytes() == admin
+    assert (d / "kubelet-serving.crt").is_file()
 
 
 def test_pod_status_while_initialising_and_after_init_failure() -> None:

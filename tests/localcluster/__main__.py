@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     scratch.add_argument("dir", type=Path)
     scratch.add_argument("--index", type=int, default=1, choices=range(1, 6))
+    rs = sub.add_parser("restart", help="restart one component with the current code")
+    rs.add_argument("component", choices=control.COMPONENTS)
     st = sub.add_parser("status", help="say what runs")
     st.add_argument("--json", action="store_true")
     fault = sub.add_parser("fault", help="inject a fault into a pod ([NS/]POD)")
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             control.up(cfg)
         elif args.cmd == "down":
             control.down(cfg)
+        elif args.cmd == "restart":
+            control.restart(cfg, args.component)
         elif args.cmd == "status":
             report = control.status(cfg)
             if args.json:

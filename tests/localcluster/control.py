@@ -245,6 +245,16 @@ def default_sa_exists(cfg: ClusterConfig) -> bool:
     return api_json(cfg, "/api/v1/namespaces/default/serviceaccounts/default") is not None
 
 
+def kubelet_serving(cfg: ClusterConfig) -> bool:
+    """The kubelet answers on its HTTPS port (it registers the Node right after)."""
+    url = f"https://{cfg.gateway_ip}:{cfg.kubelet_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=1, context=_ssl_context(cfg)) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ssl.SSLError):
+        return False
+
+
 def healthy(cfg: ClusterConfig) -> bool:
     return all(component_record(cfg, c) is not None for c in COMPONENTS) and apiserver_ready(cfg)
 
@@ -309,6 +319,7 @@ def write_configs(cfg: ClusterConfig) -> None:
 READY_CHECKS: dict[str, tuple[Callable[[ClusterConfig], bool], float]] = {
     "etcd": (etcd_healthy, 30.0),
     "kube-apiserver": (apiserver_ready, 90.0),
+    "kubelet": (kubelet_serving, 30.0),
 }
 
 
@@ -367,6 +378,31 @@ def _up(cfg: ClusterConfig) -> float:
     took = time.monotonic() - t0
     say(f"cluster ready in {took:.1f}s; run: source {cfg.env_file}")
     return took
+
+
+def restart(cfg: ClusterConfig, name: str) -> None:
+    """Restart one component of a running cluster with the current code/flags.
+
+    etcd data, objects and the other components stay; restarting the kubelet
+    restarts every pod (fresh netns and address), as a node reboot would.
+    """
+    if name not in COMPONENTS:
+        raise ClusterError(f"unknown component {name!r} (one of {', '.join(COMPONENTS)})")
+    with exclusive(cfg):
+        rec = procs.read_pidfile(pidfile(cfg, name))
+        if rec is not None:
+            procs.stop(rec)
+        write_configs(cfg)
+        comp = next(c for c in component_specs(cfg) if c.name == name)
+        log = log_path(cfg, name)
+        new = procs.spawn(comp.args, log, comp.env)
+        procs.write_pidfile(pidfile(cfg, name), new)
+        say(f"restarted {name} (pid {new.pid})")
+        if name in READY_CHECKS:
+            check, timeout = READY_CHECKS[name]
+            ready = functools.partial(_ready_or_dead, cfg, new, check, name)
+            wait_until(f"{name} to become ready", ready, timeout, log)
+        wait_until("the node to be Ready", lambda: node_ready(cfg), 60, log_path(cfg, "kubelet"))
 
 
 def _ready_or_dead(

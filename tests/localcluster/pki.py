@@ -100,60 +100,59 @@ def server_sans(cfg: ClusterConfig) -> list[str]:
 
 
 def ensure_pki(cfg: ClusterConfig) -> None:
-    """Create the CA, serving and client certificates and the SA key if missing."""
+    """Create what is missing: the CA (then everything is re-issued), any
+    missing leaf certificate (signed by the existing CA), the SA key pair."""
     pki = cfg.pki_dir
-    wanted = [
-        "ca.crt",
-        "ca.key",
-        "apiserver.crt",
-        "apiserver.key",
-        "sa.key",
-        "sa.pub",
-        "kubelet-serving.crt",
-        "kubelet-serving.key",
-    ]
-    wanted += [f"{i.stem}.{ext}" for i in client_identities(cfg) for ext in ("crt", "key")]
-    if all((pki / f).is_file() for f in wanted):
-        return
     pki.mkdir(parents=True, exist_ok=True)
-    _ec_key(pki / "ca.key")
-    _run(
-        [
-            "openssl",
-            "req",
-            "-new",
-            "-x509",
-            "-key",
-            str(pki / "ca.key"),
-            "-out",
-            str(pki / "ca.crt"),
-            "-days",
-            "3650",
-            "-subj",
-            "/CN=reactive-loop-local-ca",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-        ]
-    )
-    _leaf(
-        pki,
-        "apiserver",
-        "/CN=kube-apiserver",
-        ["extendedKeyUsage=serverAuth", "subjectAltName=" + ",".join(server_sans(cfg))],
-    )
-    _leaf(
-        pki,
-        "kubelet-serving",
-        f"/CN={cfg.node_name}",
-        ["extendedKeyUsage=serverAuth", f"subjectAltName=IP:{cfg.gateway_ip},DNS:{cfg.node_name}"],
-    )
+    fresh_ca = not ((pki / "ca.crt").is_file() and (pki / "ca.key").is_file())
+    if fresh_ca:
+        _ec_key(pki / "ca.key")
+        _run(
+            [
+                "openssl",
+                "req",
+                "-new",
+                "-x509",
+                "-key",
+                str(pki / "ca.key"),
+                "-out",
+                str(pki / "ca.crt"),
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=reactive-loop-local-ca",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            ]
+        )
+    leaves: list[tuple[str, str, list[str]]] = [
+        (
+            "apiserver",
+            "/CN=kube-apiserver",
+            ["extendedKeyUsage=serverAuth", "subjectAltName=" + ",".join(server_sans(cfg))],
+        ),
+        (
+            "kubelet-serving",
+            f"/CN={cfg.node_name}",
+            [
+                "extendedKeyUsage=serverAuth",
+                f"subjectAltName=IP:{cfg.gateway_ip},DNS:{cfg.node_name}",
+            ],
+        ),
+    ]
     for ident in client_identities(cfg):
         subject = (f"/O={ident.group}" if ident.group else "") + f"/CN={ident.user}"
-        _leaf(pki, ident.stem, subject, ["extendedKeyUsage=clientAuth"])
-    _ec_key(pki / "sa.key")
-    _run(["openssl", "pkey", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub")])
+        leaves.append((ident.stem, subject, ["extendedKeyUsage=clientAuth"]))
+    for stem, subject, exts in leaves:
+        if fresh_ca or not (pki / f"{stem}.crt").is_file() or not (pki / f"{stem}.key").is_file():
+            _leaf(pki, stem, subject, exts)
+    if fresh_ca or not (pki / "sa.key").is_file() or not (pki / "sa.pub").is_file():
+        _ec_key(pki / "sa.key")
+        _run(
+            ["openssl", "pkey", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub")]
+        )
 
 
 def write_kubeconfig(cfg: ClusterConfig, path: Path, stem: str, server: str) -> None:

@@ -17,6 +17,8 @@ import platform
 import signal
 from typing import Any
 
+import aiohttp
+
 from localcluster.config import ClusterConfig
 from localcluster.kubelet import server, specs
 from localcluster.kubelet.api import Api, ApiError, informer
@@ -243,7 +245,15 @@ class Agent:
     async def run(self) -> None:
         await self.cleanup_stale()
         runner = await server.serve(self.cfg)
-        await self.register()
+        delay = 0.2
+        while True:  # the apiserver may be restarting: retry until it answers
+            try:
+                await self.register()
+                break
+            except (ApiError, aiohttp.ClientError, TimeoutError) as e:
+                log.warning("registering the node: %s; retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         tasks = [
             asyncio.create_task(self.heartbeat()),
             asyncio.create_task(self.dns_loop()),

@@ -678,8 +678,12 @@ class PodWorker:
             if status == self.last_status:
                 continue
             try:
+                # A merge patch replaces lists whole: podIPs after a kubelet
+                # restart gave the pod a new address must not be merged.
                 await self.api.patch(
-                    f"/api/v1/namespaces/{self.ns}/pods/{self.name}/status", {"status": status}
+                    f"/api/v1/namespaces/{self.ns}/pods/{self.name}/status",
+                    {"status": status},
+                    strategic=False,
                 )
                 self.last_status = status
             except ApiError as e:

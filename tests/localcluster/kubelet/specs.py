@@ -333,6 +333,9 @@ def pod_status(
             )
             cond["message"] = f"containers with unready status: [{' '.join(not_ready)}]"
         conditions.append(cond)
+    # Conditions others own (PodScheduled from the scheduler, readiness gates)
+    # are kept: the status is sent as a JSON merge patch, which replaces lists.
+    conditions += [c for t, c in prev.items() if t not in truth]
     status: Obj = {
         "phase": phase,
         "conditions": conditions,
