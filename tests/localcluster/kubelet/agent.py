@@ -45,6 +45,7 @@ class Agent:
         self.pool = IpPool(cfg)
         self.dns_dirty = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._index: list[specs.ServiceEndpoints] | None = None
 
     # --- node ------------------------------------------------------------------------
     def node_status(self) -> Obj:
@@ -195,6 +196,7 @@ class Agent:
                     task.add_done_callback(self._background.discard)
                 if worker is not None:
                     worker.update(pod)
+        self._index = None
         self.dns_dirty.set()
 
     async def _forget_when_done(self, worker: PodWorker) -> None:
@@ -204,6 +206,7 @@ class Agent:
 
     async def services_synced(self, items: list[Obj]) -> None:
         self.services = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in items}
+        self._index = None
         self.dns_dirty.set()
 
     async def service_event(self, kind: str, svc: Obj) -> None:
@@ -212,18 +215,20 @@ class Agent:
             self.services.pop(key, None)
         else:
             self.services[key] = svc
+        self._index = None
         self.dns_dirty.set()
 
     def render_hosts(self, pod: Obj) -> str:
-        return specs.hosts_file(
-            pod, self.pods.values(), self.services.values(), self.cfg.cluster_domain
-        )
+        if self._index is None:
+            self._index = specs.endpoint_index(self.pods.values(), self.services.values())
+        return specs.render_hosts(pod, self._index, self.cfg.cluster_domain)
 
     async def dns_loop(self) -> None:
         while True:
             await self.dns_dirty.wait()
             await asyncio.sleep(0.05)
             self.dns_dirty.clear()
+            self._index = None  # recomputed once for every pod below
             for worker in list(self.workers.values()):
                 try:
                     worker.refresh_hosts()

@@ -170,8 +170,41 @@ def service_endpoints(service: Obj, pods: Iterable[Obj]) -> list[Obj]:
     return out
 
 
+@dataclass(frozen=True)
+class ServiceEndpoints:
+    """A Service and the pods its names resolve to (computed once per change)."""
+
+    namespace: str
+    name: str
+    ips: tuple[str, ...]
+    hostnames: tuple[tuple[str, str], ...]  # (hostname, ip) of headless members
+
+
+def endpoint_index(pods: Iterable[Obj], services: Iterable[Obj]) -> list[ServiceEndpoints]:
+    """Every Service's endpoints, sorted by namespace and name."""
+    by_ns: dict[str, list[Obj]] = {}
+    for p in pods:
+        by_ns.setdefault(p.get("metadata", {}).get("namespace", ""), []).append(p)
+    out = []
+    for svc in services:
+        name, ns = svc["metadata"]["name"], svc["metadata"]["namespace"]
+        eps = service_endpoints(svc, by_ns.get(ns, []))
+        hosts = tuple(
+            (ep["spec"]["hostname"], ep["status"]["podIP"])
+            for ep in eps
+            if ep.get("spec", {}).get("hostname") and ep["spec"].get("subdomain") == name
+        )
+        out.append(ServiceEndpoints(ns, name, tuple(ep["status"]["podIP"] for ep in eps), hosts))
+    return sorted(out, key=lambda e: (e.namespace, e.name))
+
+
 def hosts_file(pod: Obj, pods: Iterable[Obj], services: Iterable[Obj], domain: str) -> str:
-    """/etc/hosts for `pod`: itself, every Service name and headless hostname.
+    """/etc/hosts for `pod`: itself, every Service name and headless hostname."""
+    return render_hosts(pod, endpoint_index(pods, services), domain)
+
+
+def render_hosts(pod: Obj, index: Iterable[ServiceEndpoints], domain: str) -> str:
+    """/etc/hosts for `pod` from a precomputed `endpoint_index`.
 
     Names of the pod's own namespace also get their short forms (`svc`,
     `host.svc`), standing in for resolv.conf's search list, which /etc/hosts
@@ -189,27 +222,22 @@ def hosts_file(pod: Obj, pods: Iterable[Obj], services: Iterable[Obj], domain: s
             sub = spec["subdomain"]
             own.insert(0, f"{hostname}.{sub}.{own_ns}.svc.{domain}")
         lines.append(f"{ip}\t{' '.join(own)}")
-    pod_list = list(pods)
-    for svc in sorted(services, key=lambda s: (s["metadata"]["namespace"], s["metadata"]["name"])):
-        name, ns = svc["metadata"]["name"], svc["metadata"]["namespace"]
-        eps = service_endpoints(svc, pod_list)
+
+    def order(addr: str) -> str:
+        return hashlib.sha256((uid + addr).encode()).hexdigest()
+
+    for entry in index:
+        name, ns = entry.name, entry.namespace
         names = [f"{name}.{ns}.svc.{domain}", f"{name}.{ns}.svc", f"{name}.{ns}"]
         if ns == own_ns:
             names.append(name)
-
-        def order(p: Obj) -> str:
-            return hashlib.sha256((uid + p["status"]["podIP"]).encode()).hexdigest()
-
-        for ep in sorted(eps, key=order):
-            lines.append(f"{ep['status']['podIP']}\t{' '.join(names)}")
-        for ep in eps:
-            ep_spec = ep.get("spec", {})
-            if ep_spec.get("hostname") and ep_spec.get("subdomain") == name:
-                host = ep_spec["hostname"]
-                hnames = [f"{host}.{name}.{ns}.svc.{domain}", f"{host}.{name}.{ns}.svc"]
-                if ns == own_ns:
-                    hnames.append(f"{host}.{name}")
-                lines.append(f"{ep['status']['podIP']}\t{' '.join(hnames)}")
+        for addr in sorted(entry.ips, key=order):
+            lines.append(f"{addr}\t{' '.join(names)}")
+        for host, addr in entry.hostnames:
+            hnames = [f"{host}.{name}.{ns}.svc.{domain}", f"{host}.{name}.{ns}.svc"]
+            if ns == own_ns:
+                hnames.append(f"{host}.{name}")
+            lines.append(f"{addr}\t{' '.join(hnames)}")
     return "\n".join(lines) + "\n"
 
 
