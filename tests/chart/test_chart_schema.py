@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -81,3 +82,27 @@ def test_good_overrides_are_accepted(render: Render) -> None:
         ]
     )
     assert any(m["kind"] == "Deployment" for m in manifests)
+
+
+def test_every_value_in_the_schema_is_documented_in_values_yaml() -> None:
+    """Each key the schema describes is preceded by a `# --` comment in values.yaml."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    documented = {path for path, _ in walk(schema)} - {""}
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing keys
+    seen = set()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z_][\w]*):", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, m.group(2)))
+        path = "/" + "/".join(k for _, k in stack)
+        if path not in documented:
+            continue
+        seen.add(path)
+        previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        assert previous.startswith("#"), f"{path} (line {i + 1}) has no comment"
+    assert len(seen) > 40
