@@ -106,3 +106,15 @@ def test_every_value_in_the_schema_is_documented_in_values_yaml() -> None:
         previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         assert previous.startswith("#"), f"{path} (line {i + 1}) has no comment"
     assert len(seen) > 40
+
+
+def test_the_chart_readme_lists_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    readme = (CHART / "README.md").read_text()
+    leaves = [
+        path[1:].replace("/", ".")
+        for path, node in walk(schema)
+        if path and not (node.get("type") == "object" and "properties" in node)
+    ]
+    missing = [leaf for leaf in leaves if f"| `{leaf}` |" not in readme and leaf != "global"]
+    assert not missing, f"values missing from charts/reactive-loop/README.md: {missing}"
