@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,6 @@ def test_helm_install_and_uninstall(cluster: Cluster, namespace: str) -> None:
     assert [p["status"]["phase"] for p in pods] == ["Running"]
     # The pod serves the ConfigMap mounted as a volume.
     url = f"http://{pods[0]['status']['podIP']}:8000/index.html"
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=5) as resp:
         assert resp.read().decode() == "served by a pod"
 
