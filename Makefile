@@ -127,7 +127,9 @@ monitoring: ## kube-prometheus-stack + our PodMonitor, ServiceMonitor, rules and
 	helm upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
 	  --namespace $(MONITORING_NAMESPACE) --create-namespace --wait \
 	  --set grafana.sidecar.dashboards.enabled=true \
-	  --set grafana.sidecar.dashboards.searchNamespace=ALL
+	  --set grafana.sidecar.dashboards.searchNamespace=ALL \
+	  --set grafana.sidecar.dashboards.folderAnnotation=grafana_folder \
+	  --set grafana.sidecar.dashboards.provider.foldersFromFilesStructure=true
 	helm upgrade --install $(RELEASE) charts/reactive-loop $(HELM_DEPLOY_FLAGS) \
 	  -f charts/reactive-loop/ci/monitoring-values.yaml \
 	  --set-string 'node.scraper.namespaceLabels.kubernetes\.io/metadata\.name=$(MONITORING_NAMESPACE)'
