@@ -101,23 +101,41 @@ GO
 }
 
 build_helm() {
-  local want="$HELM_VERSION"
+  # The default Kubernetes version helm assumes offline (helm template) is
+  # stamped to the cluster's, so charts with a kubeVersion constraint render.
+  local want="$HELM_VERSION+k8s$K8S_VERSION"
   stamp_ok helm "$want" && return 0
   log "building helm $want"
-  GOBIN="$SRC/helm-$want" go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$want" \
-    "helm.sh/helm/v3/cmd/helm@$want"
-  install -m 0755 "$SRC/helm-$want/helm" "$BIN/helm"; echo "$want" > "$BIN/.helm.version"
+  GOBIN="$SRC/helm-$HELM_VERSION" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(echo "$K8S_VERSION" | cut -d. -f2)" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  install -m 0755 "$SRC/helm-$HELM_VERSION/helm" "$BIN/helm"; echo "$want" > "$BIN/.helm.version"
+}
+
+# Prometheus from its Go module: Debian's package is built without
+# kubernetes_sd_configs, which the cluster monitoring tests use.
+build_prometheus() {
+  local want="$PROMETHEUS_VERSION"
+  stamp_ok prometheus "$want" && stamp_ok promtool "$want" && return 0
+  log "building prometheus and promtool $want (cold: many minutes)"
+  GOBIN="$SRC/prometheus-$want" go install -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=$want" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$want" \
+    "github.com/prometheus/prometheus/cmd/promtool@$want"
+  for b in prometheus promtool; do
+    install -m 0755 "$SRC/prometheus-$want/$b" "$BIN/$b"; echo "$want" > "$BIN/.$b.version"
+  done
 }
 
 targets=("$@")
-[[ ${#targets[@]} -eq 0 ]] && targets=(etcd helm kubernetes)
+[[ ${#targets[@]} -eq 0 ]] && targets=(etcd helm kubernetes prometheus)
 for t in "${targets[@]}"; do
   case "$t" in
     kubernetes) build_kubernetes ;;
     etcd) build_etcd ;;
     helm) build_helm ;;
-    *) log "unknown tool: $t (want kubernetes, etcd or helm)"; exit 2 ;;
+    prometheus) build_prometheus ;;
+    *) log "unknown tool: $t (want kubernetes, etcd, helm or prometheus)"; exit 2 ;;
   esac
 done
 log "tools ready in $BIN"
