@@ -48,10 +48,20 @@ def host_rules(cfg: ClusterConfig) -> list[list[str]]:
     ]
 
 
+def bridge_mac(cfg: ClusterConfig) -> str:
+    """A stable, locally administered MAC derived from the gateway address."""
+    octets = [int(x) for x in cfg.gateway_ip.split(".")]
+    return "02:72:6c:" + ":".join(f"{o:02x}" for o in octets[1:])
+
+
 def setup_host(cfg: ClusterConfig) -> None:
     """Create the bridge and the iptables rules; idempotent."""
     if run(["ip", "link", "show", cfg.bridge], check=False).returncode != 0:
         run(["ip", "link", "add", cfg.bridge, "type", "bridge"])
+    # A bridge without an explicit address takes the lowest MAC of its ports,
+    # so it would change as pods' veths come and go, and every pod's ARP entry
+    # for the gateway (apiserver, probes) would go stale: fix it once.
+    run(["ip", "link", "set", cfg.bridge, "address", bridge_mac(cfg)])
     addr = f"{cfg.gateway_ip}/{cfg.pod_prefix_len}"
     shown = run(["ip", "-o", "addr", "show", "dev", cfg.bridge]).stdout
     if f" {addr} " not in shown:
