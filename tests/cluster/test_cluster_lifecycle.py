@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cluster import objects as o
 from localcluster import Cluster
-from localcluster.network import netns_exists
+from localcluster.network import bridge_mac, netns_exists, run
 from localcluster.procs import ProcRecord
 
 pytestmark = pytest.mark.cluster
@@ -34,6 +34,9 @@ def test_pod_delete_ends_process_and_removes_netns(cluster: Cluster, namespace: 
     assert cluster.get("pod", "victim", namespace) is None
     cluster.wait_for(lambda: not rec.alive(), timeout=10, what="container process to end")
     cluster.wait_for(lambda: not netns_exists(netns), timeout=10, what=f"netns {netns} removed")
+    # Ports coming and going never change the bridge's (the gateway's) MAC.
+    link = run(["ip", "-br", "link", "show", cluster.cfg.bridge]).stdout.split()
+    assert link[2] == bridge_mac(cluster.cfg)
 
 
 def test_graceful_deletion_sends_sigterm_first(cluster: Cluster, namespace: str) -> None:
