@@ -43,6 +43,8 @@ LoopKey = tuple[str, str]
 PodIndex = kopf.Index[LoopKey, PodView] | None
 INJECT_BACKOFF_MAX = 30.0
 ENSURE_EVERY_SECONDS = 60.0
+#: Nodes whose objects are created at the same time (API requests in flight).
+CREATE_CONCURRENCY = 8
 log = logging.getLogger("reactive_operator")
 
 
@@ -210,13 +212,22 @@ class Reconciler:
             clean = not (todo.create_rbac or todo.delete_rbac or todo.create_pods)
             self.memo.rbac_clean_for = rbac_key if clean else None
         ns = self.namespace
-        for ordinal in todo.create_rbac:
-            for manifest in builders.node_rbac(self.owner, ordinal):
-                await kube.create(manifest)
-        for ordinal in todo.create_pods:
-            pod = builders.pod(self.owner, spec, ordinal, self.deps.defaults)
-            if await kube.create(pod):
-                self.event("Normal", "CreatedPod", f"created pod {pod['metadata']['name']}")
+        gate = asyncio.Semaphore(CREATE_CONCURRENCY)
+
+        async def create_node(ordinal: int) -> None:
+            # Per node in order (its RBAC before its pod); nodes side by side.
+            async with gate:
+                if ordinal in todo.create_rbac:
+                    for manifest in builders.node_rbac(self.owner, ordinal):
+                        await kube.create(manifest)
+                if ordinal in todo.create_pods:
+                    pod = builders.pod(self.owner, spec, ordinal, self.deps.defaults)
+                    if await kube.create(pod):
+                        self.event("Normal", "CreatedPod", f"created pod {pod['metadata']['name']}")
+
+        await asyncio.gather(
+            *(create_node(o) for o in sorted(set(todo.create_rbac) | set(todo.create_pods)))
+        )
         for name in todo.delete_pods:
             if await kube.delete_pod(ns, name):
                 self.event("Normal", "DeletedPod", f"deleted pod {name} (scale down or failed)")
