@@ -14,6 +14,7 @@ import hashlib
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from localcluster.config import ClusterConfig
 
@@ -54,8 +55,25 @@ def bridge_mac(cfg: ClusterConfig) -> str:
     return "02:72:6c:" + ":".join(f"{o:02x}" for o in octets[1:])
 
 
+#: The kernel's neighbour (ARP/NDP) table is shared by all network namespaces
+#: and defaults to 1024 entries: fifty pods talking to each other overflow it
+#: ("neighbor table overflow"), and new connections then fail with "No route
+#: to host" or time out. `up` raises these limits (never lowers them; they stay
+#: raised after `down`, since another instance may still run).
+NEIGH_LIMITS = {"gc_thresh1": 8192, "gc_thresh2": 32768, "gc_thresh3": 65536}
+
+
+def raise_neighbour_limits() -> None:
+    for family in ("ipv4", "ipv6"):
+        for key, want in NEIGH_LIMITS.items():
+            path = Path(f"/proc/sys/net/{family}/neigh/default/{key}")
+            if path.exists() and int(path.read_text()) < want:
+                path.write_text(str(want))
+
+
 def setup_host(cfg: ClusterConfig) -> None:
     """Create the bridge and the iptables rules; idempotent."""
+    raise_neighbour_limits()
     if run(["ip", "link", "show", cfg.bridge], check=False).returncode != 0:
         run(["ip", "link", "add", cfg.bridge, "type", "bridge"])
     # A bridge without an explicit address takes the lowest MAC of its ports,
