@@ -54,6 +54,11 @@ def test_up_is_idempotent_recovers_and_down_cleans(side: ClusterConfig) -> None:
     first = recorded(side)
     assert all(rec.alive() for rec in first.values())
     assert control.status(side)["node_ready"] is True
+    # the shared neighbour table is large enough for many meshed pods
+    for key, want in network.NEIGH_LIMITS.items():
+        assert int(Path(f"/proc/sys/net/ipv4/neigh/default/{key}").read_text()) >= want
+    link = network.run(["ip", "-br", "link", "show", side.bridge]).stdout.split()
+    assert link[2] == network.bridge_mac(side)
 
     # A second `up` reuses the running cluster.
     t0 = time.monotonic()
