@@ -1,9 +1,14 @@
 """Fixtures of the monitoring tests: real local loops scraped by a real Prometheus.
 
+Both stages run one Prometheus: the one `make tools` builds from the Go
+module github.com/prometheus/prometheus into ~/.cache/reactive-loop/bin (or
+$RL_CACHE/bin), with its promtool. Without it the tests fail; they never skip.
+
 Stage 1 (no cluster): `reactive-loop run` starts real node processes on
 127.0.0.1; Prometheus scrapes them with static targets that carry a
 `namespace` label, as Kubernetes service discovery would add. The rules and
-the dashboard come from the chart rendered by the real helm.
+the dashboard come from the chart rendered by the real helm. Stage 2 (the
+cluster) discovers the pods with `kubernetes_sd_configs`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import pytest
 import yaml
 from chart.helmchart import find_helm, render_chart
 from monitoring.localloops import NAMESPACE, REACTIVE_LOOP, LocalLoop, resume, start_loop, stop_loop
-from monitoring.promql import Prometheus, find_prometheus
+from monitoring.promql import Prometheus, find_prometheus, promtool
 
 #: Chart values that make the alerts react within seconds in the tests.
 TEST_RULE_VALUES = [
@@ -32,13 +37,10 @@ TEST_RULE_VALUES = [
 
 @pytest.fixture(scope="session")
 def prometheus_binaries() -> tuple[str, str]:
-    found = find_prometheus()
-    if found is None:
-        pytest.fail(
-            "prometheus/promtool not found: `make system-deps` installs Debian's prometheus",
-            pytrace=False,
-        )
-    return found
+    try:
+        return find_prometheus()
+    except FileNotFoundError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +112,8 @@ def prometheus(
         ],
     }
     prom = Prometheus(prometheus_binaries[0], workdir, config)
+    checked = promtool(prometheus_binaries[1], "check", "config", str(prom.config_path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     prom.start()
     try:
         # Ready when every target is up and rates have two samples to work with.

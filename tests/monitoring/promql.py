@@ -1,14 +1,15 @@
 """Helpers of the monitoring tests: a real Prometheus process and the shipped PromQL.
 
-Everything here is I/O-free except `Prometheus`, which runs Debian's
-`prometheus` binary on 127.0.0.1 with a temporary configuration and stops it
-(by its own PID) when the test is done.
+Everything here is I/O-free except `Prometheus`, which runs the Prometheus
+that `make tools` builds from its Go module (`find_prometheus`) on 127.0.0.1
+with a temporary configuration and stops it (by its own PID) when the test is
+done, and `promtool`, which runs its promtool.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import socket
 import subprocess
 import time
@@ -239,9 +240,33 @@ class Prometheus:
         alerts: list[dict[str, Any]] = self.api("alerts")["alerts"]
         return alerts
 
+    def active_targets(self) -> list[dict[str, Any]]:
+        """`/api/v1/targets` active targets (labels, discoveredLabels, health, scrapePool)."""
+        targets: list[dict[str, Any]] = self.api("targets", state="active")["activeTargets"]
+        return targets
 
-def find_prometheus() -> tuple[str, str] | None:
-    prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
-    if prometheus and promtool:
-        return prometheus, promtool
-    return None
+
+def tools_bin() -> Path:
+    """Where `make tools` (hack/build-tools.sh) puts the binaries it builds."""
+    cache = os.environ.get("RL_CACHE") or str(Path.home() / ".cache" / "reactive-loop")
+    return Path(cache) / "bin"
+
+
+def find_prometheus() -> tuple[str, str]:
+    """prometheus and promtool built from the Go module (they have kubernetes_sd_configs).
+
+    Deliberately not looked up on PATH: Debian's packaged Prometheus 2.42
+    lacks Kubernetes discovery. Raises FileNotFoundError when they are absent.
+    """
+    found = tuple(tools_bin() / name for name in ("prometheus", "promtool"))
+    missing = [str(p) for p in found if not os.access(p, os.X_OK)]
+    if missing:
+        raise FileNotFoundError(
+            f"not built: {', '.join(missing)}; run `make tools` (hack/build-tools.sh prometheus)"
+        )
+    return str(found[0]), str(found[1])
+
+
+def promtool(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run promtool; the caller asserts on returncode and output."""
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False)

@@ -2,13 +2,13 @@
 
 The chart is installed with the real helm (namespaced mode, so it never meets
 another test's operator); the operator it runs creates the node pods of a
-converge and a token loop. Prometheus discovers the node pods and the
-operator pod from the local apiserver and relabels them as the chart's
-PodMonitor/ServiceMonitor would. (Debian's Prometheus is built without
-`kubernetes_sd_configs`, so `podsd` serves the same pod targets and meta
-labels through `http_sd_configs`.) Every dashboard and rule expression, the
-operator's included, must return data; cutting a node off its peers with the
-cluster's faults API fires ReactiveLoopStalled for it.
+converge and a token loop. Prometheus (built from its Go module, see
+conftest) discovers the node pods and the operator's Service endpoints from
+the local apiserver with `kubernetes_sd_configs`, in the test namespace only,
+with the scrape jobs the Prometheus Operator would generate from the chart's
+own PodMonitor and ServiceMonitor (`monitors`). Every dashboard and rule
+expression, the operator's included, must return data; cutting a node off its
+peers with the cluster's faults API fires ReactiveLoopStalled for it.
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from chart.helmchart import CHART
+from chart.helmchart import CHART, find_helm, render_chart
 from localcluster import Cluster
-from monitoring.podsd import PodDiscovery
+from monitoring.monitors import kubernetes_sd_access, pod_monitor_jobs, service_monitor_jobs
 from monitoring.promql import (
     Prometheus,
     dashboard_expressions,
+    promtool,
     rule_expressions,
 )
 
@@ -58,22 +60,41 @@ spec:
 """
 
 
-#: The relabelling of the chart's PodMonitor (nodes) and ServiceMonitor
-#: (operator): pods of app.kubernetes.io/name=reactive-loop, port "http".
-RELABEL = [
-    {
-        "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
-        "regex": "reactive-loop",
-        "action": "keep",
-    },
-    {
-        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-        "regex": "http",
-        "action": "keep",
-    },
-    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-]
+def install_values(ns: str) -> list[str]:
+    """The release's --set values (namespaced mode, fast resync)."""
+    return [f"watchNamespaces={{{ns}}}", "operator.resyncSeconds=1"]
+
+
+def scrape_jobs(cluster: Cluster, ns: str, workdir: Path) -> list[dict[str, Any]]:
+    """The release's PodMonitor and ServiceMonitor, rendered by the real helm with the
+    installed values, as the Prometheus Operator's scrape jobs (1 s interval).
+
+    The cluster has no monitoring.coreos.com CRDs, so the monitors are rendered,
+    not installed; the API server and credentials come from the kubeconfig.
+    """
+    sets = [
+        *install_values(ns),
+        "monitoring.podMonitor.enabled=true",
+        "monitoring.serviceMonitor.enabled=true",
+    ]
+    manifests = render_chart(find_helm(), sets=sets, release=RELEASE, namespace=ns)
+    pod_monitor = next(m for m in manifests if m["kind"] == "PodMonitor")
+    service_monitor = next(m for m in manifests if m["kind"] == "ServiceMonitor")
+    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+    access = kubernetes_sd_access(kubeconfig, cluster.kubeconfig.parent, workdir)
+    return pod_monitor_jobs(pod_monitor, access, interval="1s") + service_monitor_jobs(
+        service_monitor, access, interval="1s"
+    )
+
+
+def expected_up(ns: str) -> dict[str, float]:
+    """Targets up per job: the Prometheus Operator names a PodMonitor's job
+    `<namespace>/<monitor>` and a ServiceMonitor's after the Service."""
+    return {f"{ns}/{RELEASE}-reactive-loop-nodes": 6.0, f"{RELEASE}-reactive-loop-metrics": 1.0}
+
+
+def up_by_job(result: list[dict[str, Any]]) -> dict[str, float]:
+    return {s["metric"].get("job", ""): float(s["value"][1]) for s in result}
 
 
 @dataclass
@@ -108,7 +129,6 @@ def deployed(
     ns = f"t-monitoring-{secrets.token_hex(2)}"
     cluster.kubectl("create", "namespace", ns)
     prom: Prometheus | None = None
-    stack = contextlib.ExitStack()
     try:
         cluster.helm(
             "install",
@@ -116,10 +136,7 @@ def deployed(
             str(CHART),
             "-n",
             ns,
-            "--set",
-            f"watchNamespaces={{{ns}}}",
-            "--set",
-            "operator.resyncSeconds=1",
+            *(arg for value in install_values(ns) for arg in ("--set", value)),
             "--wait",
             "--timeout",
             "180s",
@@ -131,9 +148,6 @@ def deployed(
         )
         workdir = tmp_path_factory.mktemp("prometheus-cluster")
         (workdir / "rules.yaml").write_text(yaml.safe_dump(rendered_monitoring["rules"]))
-        discovery = stack.enter_context(
-            PodDiscovery(lambda: cluster.get("pods", namespace=ns)["items"])
-        )
         config = {
             "global": {
                 "scrape_interval": "1s",
@@ -141,30 +155,20 @@ def deployed(
                 "evaluation_interval": "1s",
             },
             "rule_files": ["rules.yaml"],
-            "scrape_configs": [
-                {
-                    "job_name": "reactive-loop",
-                    # Debian's Prometheus has no kubernetes_sd_configs; podsd
-                    # lists the pods from the API server with the same labels.
-                    "http_sd_configs": [{"url": discovery.url, "refresh_interval": "2s"}],
-                    # What the chart's PodMonitor and ServiceMonitor select.
-                    "relabel_configs": RELABEL,
-                }
-            ],
+            "scrape_configs": scrape_jobs(cluster, ns, workdir),
         }
         prom = Prometheus(prometheus_binaries[0], workdir, config)
+        checked = promtool(prometheus_binaries[1], "check", "config", str(prom.config_path))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
         prom.start()
-        up = prom.poll(
-            'sum(up{job="reactive-loop"})', 90, lambda r: r and float(r[0]["value"][1]) == 7
-        )
-        assert up, "Prometheus discovered no pod"
-        assert float(up[0]["value"][1]) == 7, f"6 nodes and the operator should be up: {up}"
+        want = expected_up(ns)
+        up = prom.poll("sum by (job) (up)", 90, lambda r: up_by_job(r) == want)
+        assert up_by_job(up) == want, f"6 nodes and the operator should be up: {up}"
         prom.poll("sum(rate(reactive_loop_loops_total[10s])) > 0", 60)
         yield Deployed(cluster, ns, prom)
     finally:
         if prom is not None:
             prom.stop()
-        stack.close()
         with contextlib.suppress(Exception):
             cluster.kubectl(
                 "delete", "reactiveloops", "--all", "-n", ns, "--wait=false", check=False
@@ -189,6 +193,32 @@ def test_every_expression_returns_data_on_the_cluster(
     assert {s["metric"]["pod"] for s in info} == {s["metric"]["node"] for s in info}
     managed = prom.query("sum(reactive_loop_operator_managed_loops)")
     assert float(managed[0]["value"][1]) == 2
+
+
+def test_targets_come_from_kubernetes_discovery_in_the_test_namespace_only(
+    deployed: Deployed,
+) -> None:
+    cluster, ns = deployed.cluster, deployed.namespace
+    pods = cluster.get("pods", namespace=ns)["items"]
+    ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+    targets = deployed.prometheus.active_targets()
+    by_pool: dict[str, set[str]] = {}
+    for t in targets:
+        labels, found = t["labels"], t["discoveredLabels"]
+        # The API server's view of the pod, not a list the test made.
+        assert found["__meta_kubernetes_namespace"] == ns == labels["namespace"]
+        assert found["__meta_kubernetes_pod_uid"], t
+        assert labels["instance"] == f"{ips[labels['pod']]}:8080", t
+        assert t["health"] == "up", t
+        by_pool.setdefault(t["scrapePool"], set()).add(labels["pod"])
+    nodes = {n for n in ips if n.startswith(("mon-conv-", "mon-tok-"))}
+    operator = {n for n in ips if n.startswith(f"{RELEASE}-reactive-loop-")}
+    assert len(nodes) == 6, sorted(ips)
+    assert len(operator) == 1, sorted(ips)
+    assert by_pool == {
+        f"podMonitor/{ns}/{RELEASE}-reactive-loop-nodes/0": nodes,
+        f"serviceMonitor/{ns}/{RELEASE}-reactive-loop-operator/0": operator,
+    }
 
 
 def test_stall_alert_fires_for_a_node_cut_off_its_peers(deployed: Deployed) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from monitoring.promql import (
     Expression,
     Prometheus,
     dashboard_expressions,
+    promtool,
     rule_expressions,
     split_comparison,
     variable_queries,
@@ -60,13 +60,7 @@ def test_promtool_accepts_the_rendered_rules(
 ) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rendered_monitoring["rules"]))
-    proc = subprocess.run(
-        [prometheus_binaries[1], "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = promtool(prometheus_binaries[1], "check", "rules", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     count = sum(len(g["rules"]) for g in rendered_monitoring["rules"]["groups"])
     assert f"{count} rules found" in proc.stdout
