@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster import objects as o
@@ -173,3 +174,25 @@ def test_fault_cli_cut_restore_kill(cluster: Cluster, namespace: str) -> None:
     status = localcluster_cli("status")
     assert status.returncode == 0
     assert "node Ready               True" in status.stdout
+
+
+def test_failing_liveness_probe_restarts_container(cluster: Cluster, namespace: str) -> None:
+    server = o.http_server("main")
+    server["livenessProbe"] = {
+        "httpGet": {"path": "/missing", "port": "http"},
+        "periodSeconds": 1,
+        "failureThreshold": 2,
+    }
+    p = o.pod("unhealthy", [server])
+    p["spec"]["terminationGracePeriodSeconds"] = 1
+    cluster.apply(o.dump(p), namespace)
+
+    def restarted() -> dict[str, Any] | None:
+        pod = cluster.get("pod", "unhealthy", namespace)
+        sts = (pod or {}).get("status", {}).get("containerStatuses") or [{}]
+        return pod if sts[0].get("restartCount", 0) >= 1 else None
+
+    pod = cluster.wait_for(restarted, timeout=40, what="a liveness restart")
+    last = pod["status"]["containerStatuses"][0]["lastState"]["terminated"]
+    assert last["message"] == "liveness probe failed"
+    assert last["exitCode"] != 0

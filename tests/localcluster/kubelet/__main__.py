@@ -7,6 +7,8 @@ import asyncio
 import logging
 from pathlib import Path
 
+import aiohttp
+
 from localcluster.config import ClusterConfig
 from localcluster.kubelet.agent import Agent
 from localcluster.kubelet.api import Api
@@ -15,8 +17,10 @@ from localcluster.kubelet.api import Api
 async def amain(cfg: ClusterConfig) -> None:
     version_file = cfg.bin_dir / ".kube-apiserver.version"
     version = version_file.read_text().strip() if version_file.exists() else "v0.0.0"
-    async with Api(cfg) as api:
-        await Agent(cfg, api, version).run()
+    # Probes open a new connection each time (force_close), as the kubelet does.
+    connector = aiohttp.TCPConnector(force_close=True, limit=100)
+    async with Api(cfg) as api, aiohttp.ClientSession(connector=connector) as probes:
+        await Agent(cfg, api, version, probes).run()
 
 
 def main() -> None:

@@ -37,8 +37,11 @@ def micro_now() -> str:
 
 
 class Agent:
-    def __init__(self, cfg: ClusterConfig, api: Api, version: str) -> None:
+    def __init__(
+        self, cfg: ClusterConfig, api: Api, version: str, probes: aiohttp.ClientSession
+    ) -> None:
         self.cfg, self.api, self.version = cfg, api, version
+        self.probes = probes
         self.pods: dict[str, Obj] = {}  # uid -> pod, every namespace
         self.services: dict[tuple[str, str], Obj] = {}
         self.workers: dict[str, PodWorker] = {}
@@ -188,7 +191,9 @@ class Agent:
                     "Succeeded",
                     "Failed",
                 ):
-                    worker = PodWorker(self.cfg, self.api, pod, self.pool, self.render_hosts)
+                    worker = PodWorker(
+                        self.cfg, self.api, pod, self.pool, self.render_hosts, self.probes
+                    )
                     self.workers[uid] = worker
                     worker.start()
                     task = asyncio.create_task(self._forget_when_done(worker))

@@ -107,8 +107,10 @@ class PodWorker:
         pod: Obj,
         pool: IpPool,
         render_hosts: Callable[[Obj], str],
+        probes: aiohttp.ClientSession,
     ) -> None:
         self.cfg, self.api, self.pod, self.pool = cfg, api, pod, pool
+        self.probes = probes  # one session for every HTTP probe, like the kubelet's prober
         self.render_hosts = render_hosts
         meta = pod["metadata"]
         self.uid: str = meta["uid"]
@@ -529,15 +531,9 @@ class PodWorker:
                 scheme = hg.get("scheme", "HTTP").lower()
                 url = f"{scheme}://{host}:{self._port(c, hg['port'])}{hg.get('path', '/')}"
                 headers = {h["name"]: h["value"] for h in hg.get("httpHeaders") or []}
-                async with (
-                    aiohttp.ClientSession() as s,
-                    s.get(
-                        url,
-                        headers=headers,
-                        ssl=False,
-                        timeout=aiohttp.ClientTimeout(total=timeout),
-                    ) as r,
-                ):
+                async with self.probes.get(
+                    url, headers=headers, ssl=False, timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as r:
                     return 200 <= r.status < 400
             if "tcpSocket" in probe:
                 port = self._port(c, probe["tcpSocket"]["port"])
