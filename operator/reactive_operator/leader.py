@@ -103,6 +103,25 @@ class Elector:
                 await lost()
                 return
 
+    async def release(self) -> None:
+        """Hand the Lease back on a clean shutdown, so a standby need not wait it out."""
+        if not self.leading:
+            return
+        self.leading = False
+        try:
+            record = await self.kube.read_lease(self.namespace, self.name)
+            if record is not None and record.holder == self.identity:
+                await self.kube.write_lease(
+                    self.namespace,
+                    self.name,
+                    holder="",
+                    duration_seconds=self.duration,
+                    now=self.clock(),
+                    previous=record,
+                )
+        except KubeError as e:
+            log.warning("releasing lease: %s", e)
+
     async def _taken(self) -> bool:
         try:
             record = await self.kube.read_lease(self.namespace, self.name)

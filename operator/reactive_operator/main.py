@@ -143,6 +143,8 @@ async def run(cfg: OperatorConfig) -> int:
                 stop.set()
                 if keeper is not None:
                     await keeper
+                if elector is not None and not lost:
+                    await elector.release()
             return 1 if lost else 0
     finally:
         await kube.close()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,24 +35,116 @@ EXAMPLES = ROOT / "examples"
 RESYNC_SECONDS = 2
 
 
+class LocalOperator:
+    """`reactive-loop-operator` as a local process with the admin kubeconfig."""
+
+    def __init__(self, cluster: Cluster, namespace: str, identity: str, lease: str) -> None:
+        self.port = _free_port()
+        env = {
+            **cluster.env,
+            "RLO_NAMESPACES": namespace,
+            "RLO_PORT": str(self.port),
+            "RLO_BIND": "127.0.0.1",
+            "RLO_RESYNC_SECONDS": str(RESYNC_SECONDS),
+            "RLO_LEASE_NAME": lease,
+            "RLO_LEASE_NAMESPACE": namespace,
+            "RLO_IDENTITY": identity,
+        }
+        cluster.cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(cluster.cfg.logs_dir / f"operator-{namespace}-{identity}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("reactive-loop-operator"))],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def phase(self) -> str | None:
+        """The phase /readyz reports (standby, leading, ...), None if it does not answer."""
+        assert self.proc.poll() is None, f"operator exited with {self.proc.returncode}"
+        url = f"http://127.0.0.1:{self.port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return str(json.loads(r.read()).get("phase"))
+        except urllib.error.HTTPError as e:
+            return str(json.loads(e.read()).get("phase"))
+        except OSError:
+            return None
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=10)
+        self.log.close()
+        return code
+
+
 @dataclass
 class OperatorHandle:
+    """The session's active operator; `stop`/`start` let a test take it away."""
+
+    cluster: Cluster
     namespace: str
     mode: str
-    metrics_url: str
-    pod: str | None = None
-    process: subprocess.Popen[bytes] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    lease: str
+    metrics_url: str = ""
+    local: LocalOperator | None = None
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
             return str(r.read().decode())
+
+    def start(self) -> None:
+        if self.mode == "process":
+            self.local = LocalOperator(self.cluster, self.namespace, "test-process", self.lease)
+            local = self.local
+            self.cluster.wait_for(
+                lambda: local.phase() == "leading", timeout=60, what="operator process leading"
+            )
+            self.metrics_url = f"http://127.0.0.1:{local.port}/metrics"
+            return
+        self.cluster.kubectl(
+            "scale", "deployment", self.lease, "-n", self.namespace, "--replicas=1"
+        )
+        pod = self.cluster.wait_for(
+            lambda: _operator_pod(self.cluster, self.namespace, RELEASE),
+            timeout=90,
+            what="the operator pod Ready",
+        )
+        self.metrics_url = f"http://{pod['status']['podIP']}:8080/metrics"
+
+    def stop(self) -> None:
+        if self.mode == "process":
+            assert self.local is not None
+            self.local.stop()
+            return
+        self.cluster.kubectl(
+            "scale", "deployment", self.lease, "-n", self.namespace, "--replicas=0"
+        )
+        self.cluster.wait_for(
+            lambda: (
+                not [
+                    p
+                    for p in self.cluster.get("pods", namespace=self.namespace)["items"]
+                    if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+                    == "operator"
+                ]
+            ),
+            timeout=60,
+            what="the operator pod gone",
+        )
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+RELEASE = "rlop"
 
 
 def _operator_pod(cluster: Cluster, ns: str, release: str) -> dict[str, Any] | None:
@@ -73,52 +166,18 @@ def _operator_pod(cluster: Cluster, ns: str, release: str) -> dict[str, Any] | N
 def operator(local_cluster: Cluster, crd: str, loops_ns: str) -> Iterator[OperatorHandle]:
     mode = os.environ.get("RL_OPERATOR_MODE", "chart")
     if mode == "process":
-        port = _free_port()
-        env = {
-            **local_cluster.env,
-            "RLO_NAMESPACES": loops_ns,
-            "RLO_PORT": str(port),
-            "RLO_BIND": "127.0.0.1",
-            "RLO_RESYNC_SECONDS": str(RESYNC_SECONDS),
-            "RLO_LEASE_NAMESPACE": loops_ns,
-            "RLO_IDENTITY": "test-process",
-        }
-        log = local_cluster.cfg.logs_dir
-        log.mkdir(parents=True, exist_ok=True)
-        out = open(log / f"operator-{loops_ns}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("reactive-loop-operator"))],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        handle = OperatorHandle(loops_ns, mode, f"http://127.0.0.1:{port}/metrics", process=proc)
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"operator exited with {proc.returncode}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    return bool(json.loads(r.read()).get("phase") == "leading" and r.status == 200)
-            except OSError:
-                return False
-
-        local_cluster.wait_for(ready, timeout=60, what="the operator process leading and ready")
+        handle = OperatorHandle(local_cluster, loops_ns, mode, "reactive-loop-operator")
+        handle.start()
         try:
             yield handle
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            out.close()
+            if handle.local is not None and handle.local.proc.poll() is None:
+                handle.local.stop()
         return
 
-    release = "rlop"
     local_cluster.helm(
         "install",
-        release,
+        RELEASE,
         str(CHART),
         "--namespace",
         loops_ns,
@@ -132,20 +191,13 @@ def operator(local_cluster: Cluster, crd: str, loops_ns: str) -> Iterator[Operat
         "--set",
         "operator.readinessProbe.periodSeconds=1",
     )
-    pod = local_cluster.wait_for(
-        lambda: _operator_pod(local_cluster, loops_ns, release),
-        timeout=90,
-        what="the operator pod Ready",
-    )
-    ip = pod["status"]["podIP"]
-    handle = OperatorHandle(
-        loops_ns, mode, f"http://{ip}:8080/metrics", pod=pod["metadata"]["name"]
-    )
-    handle.extra["serviceAccountName"] = pod["spec"].get("serviceAccountName")
+    # The chart names the Deployment and the Lease after its fullname.
+    handle = OperatorHandle(local_cluster, loops_ns, mode, f"{RELEASE}-reactive-loop")
+    handle.start()
     try:
         yield handle
     finally:
-        local_cluster.helm("uninstall", release, "--namespace", loops_ns, check=False)
+        local_cluster.helm("uninstall", RELEASE, "--namespace", loops_ns, check=False)
 
 
 @dataclass
@@ -600,3 +652,40 @@ def test_timing_change_rolls_pods_one_at_a_time(cluster: Cluster, loops: Loops) 
     assert new_hashes != hashes
     env = loops.pods(name)[0]["spec"]["containers"][0]["env"]
     assert {"name": "RL_INTERVAL", "value": "0.8"} in env
+
+
+def test_standby_takes_over_and_the_loop_keeps_healing(
+    cluster: Cluster, loops: Loops, operator: OperatorHandle
+) -> None:
+    ns = loops.namespace
+    standby = LocalOperator(cluster, ns, "standby", operator.lease)
+    try:
+        cluster.wait_for(lambda: standby.phase() == "standby", timeout=30, what="standby ready")
+        name = loops.apply(
+            {
+                "apiVersion": "reactive-loop.dev/v1alpha1",
+                "kind": "ReactiveLoop",
+                "metadata": {"name": "ha"},
+                "spec": {"replicas": 2, "target": {"ha": 1}},
+            }
+        )
+        cluster.wait_for(lambda: looping_converged(loops, name, 2), timeout=90, what="converged")
+        assert standby.phase() == "standby", "two replicas led at once"
+        lease = cluster.get("lease", operator.lease, ns)
+        assert lease["spec"]["holderIdentity"] not in ("", "standby")
+
+        operator.stop()  # the active replica goes away (its Lease is released)
+        cluster.wait_for(lambda: standby.phase() == "leading", timeout=45, what="takeover")
+        assert cluster.get("lease", operator.lease, ns)["spec"]["holderIdentity"] == "standby"
+
+        old = uids(loops, name)[f"{name}-1"]
+        cluster.kubectl("delete", "pod", f"{name}-1", "-n", ns, "--wait=false")
+        cluster.wait_for(
+            lambda: uids(loops, name).get(f"{name}-1") not in (None, old),
+            timeout=60,
+            what="the new leader recreates the pod",
+        )
+        cluster.wait_for(lambda: looping_converged(loops, name, 2), timeout=60, what="converged")
+    finally:
+        assert standby.stop() == 0
+        operator.start()  # back to the session's operator for the other tests
