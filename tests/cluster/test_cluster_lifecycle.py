@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -196,3 +197,15 @@ def test_failing_liveness_probe_restarts_container(cluster: Cluster, namespace: 
     last = pod["status"]["containerStatuses"][0]["lastState"]["terminated"]
     assert last["message"] == "liveness probe failed"
     assert last["exitCode"] != 0
+
+
+def test_exec_and_tcp_readiness_probes(cluster: Cluster, namespace: str) -> None:
+    check = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/', timeout=1)"
+    by_exec = o.http_server("main")
+    by_exec["readinessProbe"] = {"exec": {"command": ["python", "-c", check]}, "periodSeconds": 1}
+    by_tcp = o.http_server("main")
+    by_tcp["readinessProbe"] = {"tcpSocket": {"port": 8000}, "periodSeconds": 1}
+    cluster.apply(o.dump(o.pod("byexec", [by_exec]), o.pod("bytcp", [by_tcp])), namespace)
+    for name in ("byexec", "bytcp"):
+        ready = functools.partial(cluster.pod_ready, namespace, name)
+        cluster.wait_for(ready, what=f"{name} Ready")

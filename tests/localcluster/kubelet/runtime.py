@@ -46,10 +46,17 @@ def now_iso() -> str:
 
 
 async def run_cmd(args: list[str], check: bool = True) -> tuple[int, str]:
+    """Run a helper command; if cancelled (e.g. by a timeout) it is killed and reaped."""
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    out, _ = await proc.communicate()
+    try:
+        out, _ = await proc.communicate()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
     text = out.decode(errors="replace").strip()
     rc = proc.returncode if proc.returncode is not None else -1
     if check and rc != 0:
@@ -541,8 +548,18 @@ class PodWorker:
                 w.close()
                 return True
             if "exec" in probe and self.net is not None:
-                argv = ["ip", "netns", "exec", self.net.netns, *probe["exec"]["command"]]
-                rc, _ = await asyncio.wait_for(run_cmd(argv, check=False), timeout)
+                path = f"PATH={self.cfg.venv_bin}:/usr/local/bin:/usr/bin:/bin"
+                argv = [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.net.netns,
+                    "env",
+                    path,
+                    *probe["exec"]["command"],
+                ]
+                async with asyncio.timeout(timeout):
+                    rc, _ = await run_cmd(argv, check=False)
                 return rc == 0
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return False
