@@ -305,6 +305,9 @@ def test_converge_lifecycle(cluster: Cluster, loops: Loops) -> None:
         lambda: looping_converged(loops, name, 3), timeout=90, what="3 nodes looping, Converged"
     )
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    # The namespace enforces Pod Security `restricted`: the pods were admitted.
+    ns_labels = cluster.get("namespace", loops.namespace)["metadata"]["labels"]
+    assert ns_labels["pod-security.kubernetes.io/enforce"] == "restricted"
     pods = loops.pods(name)
     assert [p["metadata"]["name"] for p in pods] == ["demo-0", "demo-1", "demo-2"]
     assert all(p["status"]["phase"] == "Running" for p in pods)
@@ -689,3 +692,31 @@ def test_standby_takes_over_and_the_loop_keeps_healing(
     finally:
         assert standby.stop() == 0
         operator.start()  # back to the session's operator for the other tests
+
+
+def test_hmac_loop_signs_round_trips(cluster: Cluster, loops: Loops) -> None:
+    manifest = example("converge-hmac.yaml", replicas=2)
+    name = loops.apply(manifest)
+    ns = loops.namespace
+    cluster.wait_for(lambda: looping_converged(loops, name, 2), timeout=90, what="converged")
+    secret = cluster.get("secret", f"{name}-hmac", ns)
+    assert secret is not None
+    assert secret["metadata"]["ownerReferences"][0]["name"] == name
+    env = {e["name"]: e for e in loops.pods(name)[0]["spec"]["containers"][0]["env"]}
+    assert env["RL_HMAC_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"{name}-hmac",
+        "key": "hmac-key",
+    }
+    # An unsigned round trip is refused; the operator's signed injection was not.
+    ip = loops.pods(name)[0]["status"]["podIP"]
+    body = json.dumps({"loop": name, "from": "intruder", "boot": 1, "seq": 1, "state": {}}).encode()
+    request = urllib.request.Request(
+        f"http://{ip}:8080/v1/roundtrip",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 401
+    assert any(e["reason"] == "TargetInjected" for e in loops.events(name))
