@@ -32,7 +32,7 @@ class OperatorConfig:
     bind: str = "0.0.0.0"
     """Address the health and metrics server binds (`RLO_BIND`)."""
 
-    resync_seconds: float = 5.0
+    resync_seconds: float = 2.0
     """Period of the status poll and healing timer (`RLO_RESYNC_SECONDS`)."""
 
     node_timeout_seconds: float = 1.0

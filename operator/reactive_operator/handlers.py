@@ -37,12 +37,14 @@ from .metrics import OperatorMetrics
 from .nodes import NodeClient
 from .plan import Plan, PodView, plan
 from .spec import LoopSpec, SpecError, check_name, parse_spec, target_digest
-from .status import NodeReport, aggregate, parse_report, status_patch
+from .status import NodeReport, aggregate, parse_report, status_patch, without_counters
 
 LoopKey = tuple[str, str]
 PodIndex = kopf.Index[LoopKey, PodView] | None
 INJECT_BACKOFF_MAX = 30.0
 ENSURE_EVERY_SECONDS = 60.0
+#: How often a status write is made when nothing but loop/wait counters changed.
+COUNTERS_EVERY_SECONDS = 30.0
 #: Nodes whose objects are created at the same time (API requests in flight).
 CREATE_CONCURRENCY = 8
 log = logging.getLogger("reactive_operator")
@@ -60,6 +62,7 @@ class LoopMemo:
     next_injection: float = 0.0
     last_spec_error: str | None = None
     rbac_clean_for: tuple[int, tuple[int, ...]] | None = None
+    counters_written_at: float = float("-inf")
     reported_errors: set[str] = field(default_factory=set)
 
 
@@ -345,7 +348,17 @@ class Reconciler:
             previous_conditions=current.get("conditions") or [],
             now=_now(),
         )
-        return status_patch(current, desired)
+        changes = status_patch(current, desired)
+        if not changes:
+            return changes
+        now = time.monotonic()
+        if (
+            without_counters(current) == without_counters(desired)
+            and now - memo.counters_written_at < COUNTERS_EVERY_SECONDS
+        ):
+            return {}  # only loop/wait counters moved: refresh them now and then
+        memo.counters_written_at = now
+        return changes
 
 
 def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:

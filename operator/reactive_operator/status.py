@@ -274,6 +274,22 @@ def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict
     return patch
 
 
+#: Per-node fields that move on every round trip; alone they do not justify a write.
+COUNTER_FIELDS = ("loops", "waits")
+
+
+def without_counters(status: Mapping[str, Any]) -> dict[str, Any]:
+    """`status` minus the per-node loop/wait counters (to tell a real change)."""
+    out = dict(status)
+    nodes = out.get("nodes")
+    if isinstance(nodes, list):
+        out["nodes"] = [
+            {k: v for k, v in n.items() if k not in COUNTER_FIELDS} if isinstance(n, Mapping) else n
+            for n in nodes
+        ]
+    return out
+
+
 _OWNED_KEYS = frozenset(
     {
         "observedGeneration",

@@ -14,7 +14,7 @@ def test_defaults() -> None:
     cfg = load({})
     assert cfg.namespaces == ()
     assert cfg.leader_election is True
-    assert cfg.resync_seconds == 5.0
+    assert cfg.resync_seconds == 2.0
 
 
 def test_values_are_read() -> None:

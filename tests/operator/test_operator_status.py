@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from reactive_operator.plan import PodView
 from reactive_operator.spec import parse_spec
-from reactive_operator.status import NodeReport, aggregate, parse_report, status_patch
+from reactive_operator.status import (
+    NodeReport,
+    aggregate,
+    parse_report,
+    status_patch,
+    without_counters,
+)
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -167,3 +173,23 @@ def test_counts_add_up_and_nodes_are_bounded(n: int, phases: list[str | None]) -
     assert st_["looping"] + st_["waiting"] == n
     assert st_["looping"] == sum(1 for p in ps if phases[p.ordinal] == "looping")
     assert len(st_["nodes"]) == min(n, 64)
+
+
+def test_counters_alone_are_not_a_real_change() -> None:
+    ps = pods(2)
+    before = run({"replicas": 2}, ps, {p.name: report(p.name, loops=5) for p in ps})
+    after = run(
+        {"replicas": 2},
+        ps,
+        {p.name: report(p.name, loops=9) for p in ps},
+        previous_conditions=before["conditions"],
+    )
+    assert status_patch(before, after) == {"nodes": after["nodes"]}
+    assert without_counters(before) == without_counters(after)
+    flipped = run(
+        {"replicas": 2},
+        ps,
+        {"d-0": report("d-0", loops=9), "d-1": report("d-1", phase="waiting", loops=9)},
+        previous_conditions=before["conditions"],
+    )
+    assert without_counters(before) != without_counters(flipped)
