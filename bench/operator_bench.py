@@ -228,6 +228,9 @@ def main() -> int:
             time.sleep(10)  # a few resync rounds with every loop polled
             results[f"operator_rss_mb_{args.loops}_loops"] = round(rss_mb(proc.pid), 1)
     finally:
+        # The loops go while the operator still runs: kopf's finalizer on them
+        # (its timer needs one) is removed by the operator.
+        kubectl("delete", "rloop", "--all", "-n", ns, "--wait=true", "--timeout=120s", check=False)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=20)
