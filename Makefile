@@ -53,6 +53,11 @@ bench: venv ## node benchmarks: round trip vs aiohttp/asyncio, RSS, convergence 
 	$(PY) bench/roundtrip.py --json
 	$(PY) bench/convergence.py --plot bench/results/convergence.png
 
+.PHONY: bench-operator
+bench-operator: venv ## operator benchmarks on the local cluster: apply→looping N=10/50, steady PATCH rate, RSS (bench/README.md)
+	$(MAKE) cluster-up
+	$(PY) bench/operator_bench.py --nodes 10 50 --loops 20 --window 30 --json
+
 # ---------------------------------------------------------------- checks
 .PHONY: lint
 lint: venv ## ruff and import layering
