@@ -12,8 +12,12 @@ rounds so that a noisy neighbour on the machine hits all three alike:
   called through the same node transport (same session, same body size).
 * asyncio: a raw TCP echo of one line, with asyncio streams on both sides.
 
-CPU per round trip is the client's plus the server's CPU time (from /proc)
-over the measured loop rounds, divided by the number of round trips.
+CPU per round trip is the client's plus the server's CPU time over the
+measured rounds of that kind, divided by the number of round trips: the
+client's from `time.process_time()`, the server's from the scheduler's
+nanosecond run time of all its threads (/proc/<pid>/task/*/schedstat; the
+clock-tick counters of /proc/<pid>/stat where schedstat is missing). Both
+include the kernel's share (loopback TCP), for every kind alike.
 
 Then two node processes loop at each other freely (memory store, interval
 0.1 ms) until each has initiated `--rss-roundtrips` loops, and their resident
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -51,6 +56,7 @@ from reactive_node.store import MemoryStore
 
 LOOP = "bench"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SCHEDSTAT = Path("/proc/self/schedstat").exists()
 
 
 # ---------------------------------------------------------------- servers
@@ -130,8 +136,15 @@ async def _wait_listening(port: int, deadline: float = 30.0) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """CPU time (user + system) of a process, to the nanosecond where the kernel tells."""
+    if not SCHEDSTAT:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def _rss_mb(pid: int) -> float:
@@ -341,8 +354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if min(args.rounds, args.per_round, args.rss_roundtrips) < 1 or args.warmup < 0:
         parser.error("counts must be positive")
+    load_before = os.getloadavg()[0]
     result = asyncio.run(measure(args.rounds, args.per_round, args.warmup))
     result.update(asyncio.run(measure_pair(args.rss_roundtrips)))
+    # Other jobs on the machine inflate every figure; say how busy it was.
+    result["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    result["cpus"] = os.cpu_count()
     result["goals"] = {
         "ratio_loop_vs_aiohttp<=1.25": result["ratio_loop_vs_aiohttp"] <= 1.25,
         "cpu_ms_per_roundtrip<=0.25": result["cpu_ms_per_roundtrip"] <= 0.25,

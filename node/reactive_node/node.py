@@ -42,6 +42,17 @@ MAX_EDGES: Final = 8
 MAX_SENDERS: Final = 1024
 ERROR_DETAIL_CHARS: Final = 300
 
+#: `requests_served` outcome of each reply status (other 4xx: bad_request).
+_OUTCOMES: Final = {
+    200: "ok",
+    401: "unauthorized",
+    409: "stale",
+    413: "too_large",
+    503: "unavailable",
+}
+#: Compact JSON for the round-trip body (one encoder, not one per call).
+_encode_body = json.JSONEncoder(separators=(",", ":")).encode
+
 
 @dataclasses.dataclass(frozen=True)
 class Reply:
@@ -114,6 +125,9 @@ class Node:
         self._lock = asyncio.Lock()
         self._key = config.hmac_bytes()
         self._headers = {"Content-Type": "application/json"}
+        # Resolved once: the optional `peer_hint` of the behaviour (see behaviors.peer_hint).
+        self._hints = getattr(behavior, "peer_hint", None) is not None
+        self._targets: dict[int, tuple[str, str]] = {}
         rng = rng or random.Random()
         self.picker = PeerPicker(
             config.topology, config.ordinal, ring_skip=config.ring_skip, rng=rng
@@ -125,11 +139,11 @@ class Node:
     def ready(self) -> bool:
         return self.state is not None
 
-    def context(self, peer: int | None = None) -> Context:
+    def context(self, peer: int | None = None, *, now: float | None = None) -> Context:
         return Context(
             ordinal=self.config.ordinal,
             replicas=self.replicas,
-            now=self.clock(),
+            now=self.clock() if now is None else now,
             started_at=self.started_at,
             settings=self.settings,
             peer=peer,
@@ -218,15 +232,12 @@ class Node:
     async def serve_roundtrip(self, body: bytes, signature: str | None) -> Reply:
         """Handle one `POST /v1/roundtrip` body (already size-checked)."""
         reply = await self._serve(body, signature)
-        outcome = {
-            200: "ok",
-            401: "unauthorized",
-            409: "stale",
-            413: "too_large",
-            503: "unavailable",
-        }.get(reply.status, "bad_request")
-        if reply.body.get("error") == "wrong_loop":
+        if reply.status == 200:
+            outcome = "ok"
+        elif reply.body.get("error") == "wrong_loop":
             outcome = "wrong_loop"
+        else:
+            outcome = _OUTCOMES.get(reply.status, "bad_request")
         self.metrics.requests[outcome].inc()
         return reply
 
@@ -284,20 +295,34 @@ class Node:
             while len(self.edges) > MAX_EDGES:
                 self.edges.popitem(last=False)
 
+    def _target(self, ordinal: int) -> tuple[str, str] | None:
+        """(node name, round-trip URL) of the peer with `ordinal`, or None if unknown."""
+        target = self._targets.get(ordinal)
+        if target is None:
+            address = self.config.peer_address(ordinal)
+            if address is None:
+                return None
+            target = (self.config.node_name(ordinal), f"http://{address}{contract.ROUNDTRIP_PATH}")
+            if len(self._targets) < MAX_SENDERS:  # the config is frozen; bounded all the same
+                self._targets[ordinal] = target
+        return target
+
     async def step(self, transport: Transport) -> bool:
         """One round trip to the next peer; returns whether it succeeded."""
         assert self.state is not None
-        ctx = self.context()
-        peer = peer_hint(self.behavior, self.state, ctx)
+        now = self.clock()
+        peer = None
+        if self._hints:
+            peer = peer_hint(self.behavior, self.state, self.context(now=now))
         hinted = peer is not None
         if peer is None:
             peer = self.picker.pick(self.replicas)
-        address = None if peer is None else self.config.peer_address(peer)
-        if peer is None or address is None:
+        target = None if peer is None else self._target(peer)
+        if peer is None or target is None:
             self._record(None, "no_peer")
             return False
-        peer_name = self.config.node_name(peer)
-        ctx = dataclasses.replace(ctx, peer=peer)
+        peer_name, url = target
+        ctx = self.context(peer, now=now)
         try:
             async with self._lock:
                 mine = await self._update(lambda m: self.behavior.tick(m, ctx))
@@ -305,20 +330,18 @@ class Node:
             log.warning("node %s: cannot persist a time-driven change: %s", self.config.node, e)
             mine = self.state
         self.seq += 1
-        body = json.dumps(
+        body = _encode_body(
             {
                 "loop": self.config.loop,
                 "from": self.config.node,
                 "boot": self.boot,
                 "seq": self.seq,
                 "state": mine,
-            },
-            separators=(",", ":"),
+            }
         ).encode()
         headers = self._headers
         if self._key is not None:
             headers = {**headers, contract.SIGNATURE_HEADER: sign(self._key, body)}
-        url = f"http://{address}{contract.ROUNDTRIP_PATH}"
         started = time.perf_counter()
         result = await transport(url, body, headers)
         self.metrics.roundtrip.observe(time.perf_counter() - started)

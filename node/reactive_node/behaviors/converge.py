@@ -18,6 +18,7 @@ from .base import Context, InvalidState, State, Summary, canonical
 #: A target larger than this (canonical JSON) is refused: state lives in an
 #: annotation, and annotations of a pod share 256 KiB.
 MAX_TARGET_BYTES = 16 * 1024
+_FIELDS = frozenset(("generation", "target"))
 
 
 def merge(a: State, b: State) -> State:
@@ -46,7 +47,7 @@ class Converge:
     def validate(self, raw: Any) -> State:
         if not isinstance(raw, dict):
             raise InvalidState("converge state must be a JSON object")
-        extra = set(raw) - {"generation", "target"}
+        extra = raw.keys() - _FIELDS
         if extra:
             raise InvalidState(f"converge state has unknown fields: {sorted(extra)}")
         generation = raw.get("generation")
