@@ -19,6 +19,10 @@ nanosecond run time of all its threads (/proc/<pid>/task/*/schedstat; the
 clock-tick counters of /proc/<pid>/stat where schedstat is missing). Both
 include the kernel's share (loopback TCP), for every kind alike.
 
+Every process (servers and client) runs on the event loop a node process
+uses: uvloop when it is installed, the standard library's with
+`RL_EVENT_LOOP=asyncio`.
+
 Then two node processes loop at each other freely (memory store, interval
 0.1 ms) until each has initiated `--rss-roundtrips` loops, and their resident
 memory (VmRSS) is read.
@@ -52,6 +56,7 @@ from reactive_node.config import NodeConfig
 from reactive_node.local import free_ports
 from reactive_node.metrics import NodeMetrics
 from reactive_node.node import Node
+from reactive_node.server import event_loop_factory
 from reactive_node.store import MemoryStore
 
 LOOP = "bench"
@@ -348,15 +353,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--serve", choices=("aiohttp", "asyncio"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # Every process runs on the event loop a node process picks (uvloop if installed,
+    # unless RL_EVENT_LOOP=asyncio), so the kinds differ only in what they do.
+    factory = event_loop_factory()
     if args.serve:
         serve = _serve_aiohttp if args.serve == "aiohttp" else _serve_asyncio
-        asyncio.run(serve(args.port))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(args.port))
         return 0
     if min(args.rounds, args.per_round, args.rss_roundtrips) < 1 or args.warmup < 0:
         parser.error("counts must be positive")
     load_before = os.getloadavg()[0]
-    result = asyncio.run(measure(args.rounds, args.per_round, args.warmup))
-    result.update(asyncio.run(measure_pair(args.rss_roundtrips)))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        result = runner.run(measure(args.rounds, args.per_round, args.warmup))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        result.update(runner.run(measure_pair(args.rss_roundtrips)))
+    result["event_loop"] = "asyncio" if factory is None else factory.__module__.split(".")[0]
     # Other jobs on the machine inflate every figure; say how busy it was.
     result["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["cpus"] = os.cpu_count()
