@@ -72,7 +72,8 @@ typecheck: venv ## mypy --strict
 .PHONY: test
 test: system-deps venv tools lint typecheck ## everything: lint, types, all test tiers (starts the local cluster)
 	$(MAKE) cluster-up
-	$(PY) -m pytest -p no:cacheprovider tests
+	@status=0; $(PY) -m pytest -p no:cacheprovider tests || status=$$?; \
+	if [ "$$CI" = "true" ]; then $(MAKE) cluster-down; fi; exit $$status
 
 # ---------------------------------------------------------------- local cluster
 .PHONY: cluster-up
