@@ -3,7 +3,7 @@
 Builds the store the configuration names, the app, and serves it until
 SIGTERM or SIGINT; shutdown cancels the loop and closes the session cleanly.
 It runs on uvloop's event loop when uvloop is installed (the `node` extra
-brings it; about a sixth less CPU per round trip), unless
+brings it; about a fifth less CPU per round trip), unless
 `RL_EVENT_LOOP=asyncio` asks for the standard library's.
 """
 
