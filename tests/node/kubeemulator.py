@@ -4,9 +4,10 @@ kmock stores objects and streams watch events, but (by its own docs) treats
 objects as plain JSON. The pod store needs what a real API server does:
 `metadata.resourceVersion` bumped on every write and checked as a
 precondition when a patch carries one (409 Conflict), and a watch filtered by
-a `metadata.name` field selector. The Python client sends `watch=True`, which
-kmock's parser only recognises in lower case, so such lists are served as
-watches here.
+a `metadata.name` field selector. Lists with `watch=true` (any case) are
+served as watches here. kmock ignores a watch's `resourceVersion` and starts
+every watch with an ADDED event for the current object, which the store takes
+as a repeat of what it read.
 """
 
 from __future__ import annotations

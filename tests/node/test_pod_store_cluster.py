@@ -10,14 +10,15 @@ is checked against the real API server with the admin credentials.
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client, config
+import yaml
 from localcluster import Cluster
 from reactive_node import contract
 from reactive_node.store import StoreConflict
-from reactive_node.store_pod import PodStore
+from reactive_node.store_pod import KubeClient, PodStore
 
 POD = "demo-0"
 
@@ -176,6 +177,17 @@ def test_node_pod_keeps_its_state_in_its_own_annotations(cluster: Cluster, names
     assert "Traceback" not in cluster.logs(ns, POD, "node")
 
 
+def admin_client(cluster: Cluster) -> KubeClient:
+    """The store's client with the local cluster's admin credentials (its
+    kubeconfig names a CA file and a client certificate and key)."""
+    doc = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = doc["clusters"][0]["cluster"]
+    user = doc["users"][0]["user"]
+    context = ssl.create_default_context(cafile=server["certificate-authority"])
+    context.load_cert_chain(user["client-certificate"], user["client-key"])
+    return KubeClient(server["server"], ssl_context=context)
+
+
 async def save(store: PodStore, text: str) -> None:
     """Save like the node does: the kubelet's status updates also bump the
     pod's resourceVersion, so a conflict is re-read and retried (bounded)."""
@@ -192,12 +204,9 @@ async def save(store: PodStore, text: str) -> None:
 async def test_pod_store_conflict_on_the_real_api_server(cluster: Cluster, namespace: str) -> None:
     ns = namespace
     cluster.apply(MANIFEST.format(pod=POD, state_key=contract.STATE_ANNOTATION), ns)
-    configuration = client.Configuration()
-    await config.load_kube_config(
-        config_file=str(cluster.kubeconfig), client_configuration=configuration
-    )
-    async with client.ApiClient(configuration) as api:
-        store = PodStore(ns, "plain", api_client=api)
+    api = admin_client(cluster)
+    try:
+        store = PodStore(ns, "plain", api=api)
         assert (await store.load()).raw is None
         await save(store, '{"generation":1,"target":"a"}')
         await save(store, '{"generation":2,"target":"b"}')
@@ -210,3 +219,5 @@ async def test_pod_store_conflict_on_the_real_api_server(cluster: Cluster, names
         annotations = pod["metadata"]["annotations"]
         assert annotations[contract.STATE_ANNOTATION] == '{"generation":3,"target":"c"}'
         assert annotations["someone-else"] == "was-here"
+    finally:
+        await api.close()

@@ -11,10 +11,10 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import kmock
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from kubernetes_asyncio import client
 from node.kubeemulator import PODS, ResourceVersionEmulator, pod
 from node.nodesupport import eventually
 from prometheus_client import CollectorRegistry
@@ -26,7 +26,7 @@ from reactive_node.config import NodeConfig
 from reactive_node.metrics import NodeMetrics
 from reactive_node.node import Node
 from reactive_node.store import FileStore, StoreConflict, StoreError
-from reactive_node.store_pod import PodStore
+from reactive_node.store_pod import KubeClient, PodStore
 
 NS = "loops"
 POD = "demo-1"
@@ -117,8 +117,11 @@ def test_file_store_readers_never_see_a_partial_file(tmp_path: pathlib.Path) -> 
 
 
 # --- pod store ---------------------------------------------------------------------
+Emulated = tuple[ResourceVersionEmulator, KubeClient]
+
+
 @pytest.fixture
-async def emulator() -> AsyncIterator[tuple[ResourceVersionEmulator, client.ApiClient]]:
+async def emulator() -> AsyncIterator[Emulated]:
     async with ResourceVersionEmulator() as km, kmock.Server(km) as server:
         annotations = {
             contract.STATE_ANNOTATION: encode_state({"generation": 3, "target": "t3"}),
@@ -126,9 +129,11 @@ async def emulator() -> AsyncIterator[tuple[ResourceVersionEmulator, client.ApiC
         }
         km.objects[PODS, NS, POD] = pod(NS, POD, annotations)
         km.objects[PODS, NS, "demo-2"] = pod(NS, "demo-2", {})
-        configuration = client.Configuration(host=str(server.url).rstrip("/"))
-        async with client.ApiClient(configuration) as api:
+        api = KubeClient(str(server.url), ssl_context=False)
+        try:
             yield km, api
+        finally:
+            await api.close()
 
 
 def pod_annotations(km: ResourceVersionEmulator) -> dict[str, str]:
@@ -136,22 +141,23 @@ def pod_annotations(km: ResourceVersionEmulator) -> dict[str, str]:
     return result
 
 
-async def annotate(api: client.ApiClient, key: str, value: str, name: str = POD) -> None:
-    """What `kubectl annotate --overwrite` does: a patch without a precondition."""
-    core: Any = client.CoreV1Api(api)  # the stubs do not list _content_type
-    await core.patch_namespaced_pod(
-        name,
-        NS,
-        {"metadata": {"annotations": {key: value}}},
-        _content_type="application/merge-patch+json",
-    )
+async def annotate(api: KubeClient, key: str, value: str, name: str = POD) -> None:
+    """What `kubectl annotate --overwrite` does: a merge patch without a precondition
+    (sent with a separate plain aiohttp session)."""
+    async with aiohttp.ClientSession() as session:
+        r = await session.patch(
+            f"{api.server}/api/v1/namespaces/{NS}/pods/{name}",
+            data=json.dumps({"metadata": {"annotations": {key: value}}}),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert r.status == 200, await r.text()
 
 
 async def test_pod_store_loads_and_patches_with_resource_version(
-    emulator: tuple[ResourceVersionEmulator, client.ApiClient],
+    emulator: Emulated,
 ) -> None:
     km, api = emulator
-    store = PodStore(NS, POD, api_client=api)
+    store = PodStore(NS, POD, api=api)
     snapshot = await store.load()
     assert json.loads(snapshot.raw or "") == {"generation": 3, "target": "t3"}
     assert snapshot.replicas == 3
@@ -163,10 +169,10 @@ async def test_pod_store_loads_and_patches_with_resource_version(
 
 
 async def test_pod_store_conflict_rereads(
-    emulator: tuple[ResourceVersionEmulator, client.ApiClient],
+    emulator: Emulated,
 ) -> None:
     km, api = emulator
-    store = PodStore(NS, POD, api_client=api)
+    store = PodStore(NS, POD, api=api)
     await store.load()
     await annotate(api, contract.STATE_ANNOTATION, '{"generation":8,"target":"by hand"}')
     with pytest.raises(StoreConflict) as conflict:
@@ -197,13 +203,13 @@ async def roundtrip(c: TestClient[Any, Any], seq: int, generation: int, target: 
 
 
 async def test_node_on_the_pod_store_redecides_after_a_conflict(
-    emulator: tuple[ResourceVersionEmulator, client.ApiClient],
+    emulator: Emulated,
 ) -> None:
     km, api = emulator
     registry = CollectorRegistry()
     config = NodeConfig(loop="demo", ordinal=1, replicas=3, store="pod", namespace=NS, pod_name=POD)
     # No watch running here, so the node cannot have heard of the edit below.
-    node = Node(config, Converge(), PodStore(NS, POD, api_client=api), metrics(config, registry))
+    node = Node(config, Converge(), PodStore(NS, POD, api=api), metrics(config, registry))
     await node.start()
     # Someone annotates a newer state ...
     await annotate(api, contract.STATE_ANNOTATION, '{"generation":7,"target":"hand"}')
@@ -243,11 +249,11 @@ def request(seq: int, generation: int, target: str) -> bytes:
 
 
 async def test_node_watch_picks_up_annotations_and_survives_bad_ones(
-    emulator: tuple[ResourceVersionEmulator, client.ApiClient],
+    emulator: Emulated,
 ) -> None:
     _km, api = emulator
     registry = CollectorRegistry()
-    app = make_node(PodStore(NS, POD, api_client=api), registry)
+    app = make_node(PodStore(NS, POD, api=api), registry)
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         node: Node = app[NODE_KEY]
         assert node.state == {"generation": 3, "target": "t3"}
