@@ -33,7 +33,7 @@ class OperatorConfig:
     """Address the health and metrics server binds (`RLO_BIND`)."""
 
     resync_seconds: float = 2.0
-    """Period of the status poll and healing timer (`RLO_RESYNC_SECONDS`)."""
+    """Period of the status poll and healing resync (`RLO_RESYNC_SECONDS`)."""
 
     node_timeout_seconds: float = 1.0
     """HTTP timeout asking a node for its state or injecting (`RLO_NODE_TIMEOUT_SECONDS`)."""

@@ -5,19 +5,25 @@ global one at import time. Per ReactiveLoop:
 
 - create / resume / update (spec) → `reconcile`: shared children, pods and
   RBAC per `plan`, node poll, target injection, status;
-- a timer every `resync_seconds` → the same (healing and status polling);
+- every `resync_seconds`, one background task (started on kopf's startup,
+  stopped on its cleanup, so only on the replica that leads) → the same for
+  every loop in a kopf index of ReactiveLoops (healing and status polling),
+  each loop isolated from the others' failures, a few at a time;
 - pod events (an index and an event handler, never create/update handlers on
   pods, so kopf writes nothing on them) → immediate healing when a node pod
   is deleted or fails.
 
 Children carry owner references, so deleting a ReactiveLoop lets the garbage
-collector remove them (no finalizer); a deleted loop is only forgotten.
+collector remove them; a deleted loop is only forgotten. Nothing here makes
+kopf add a finalizer (no timer, no daemon, no non-optional on.delete): a loop
+deleted while no operator runs goes at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import secrets
 import time
@@ -32,7 +38,7 @@ from reactive_node import contract as c
 from . import builders
 from .builders import NodeDefaults, Owner
 from .config import OperatorConfig
-from .kube import Kube, KubeError
+from .kube import Kube, KubeError, NotFound
 from .metrics import OperatorMetrics
 from .nodes import NodeClient
 from .plan import Plan, PodView, plan
@@ -41,12 +47,15 @@ from .status import NodeReport, aggregate, parse_report, status_patch, without_c
 
 LoopKey = tuple[str, str]
 PodIndex = kopf.Index[LoopKey, PodView] | None
+LoopIndex = kopf.Index[LoopKey, dict[str, Any]] | None
 INJECT_BACKOFF_MAX = 30.0
 ENSURE_EVERY_SECONDS = 60.0
 #: How often a status write is made when nothing but loop/wait counters changed.
 COUNTERS_EVERY_SECONDS = 30.0
 #: Nodes whose objects are created at the same time (API requests in flight).
 CREATE_CONCURRENCY = 8
+#: Loops resynced at the same time by the background resync.
+RESYNC_CONCURRENCY = 8
 log = logging.getLogger("reactive_operator")
 
 
@@ -142,6 +151,8 @@ class Reconciler:
         self.owner = Owner(self.name, self.namespace, str(meta.get("uid")))
         self.pods = [p for p in pods]
         self.memo = deps.memo((self.namespace, self.name))
+        #: Events that found no kopf event queue (the background resync): posted by the caller.
+        self.unposted: list[tuple[str, str, str]] = []
 
     def spec(self) -> tuple[LoopSpec | None, str | None]:
         try:
@@ -151,9 +162,12 @@ class Reconciler:
             return None, str(e)
 
     def event(self, kind: str, reason: str, message: str) -> None:
-        # Outside a running operator (pure tests) there is no event queue: log only.
-        with contextlib.suppress(LookupError):
+        # Outside a kopf handler (the background resync, pure tests) there is
+        # no event queue: keep the event for the caller to post.
+        try:
             kopf.event(kopf.Body(dict(self.body)), type=kind, reason=reason, message=message[:1000])  # type: ignore[arg-type]
+        except LookupError:
+            self.unposted.append((kind, reason, message[:1000]))
         log.info("%s/%s %s %s: %s", self.namespace, self.name, kind, reason, message)
 
     # --- children ------------------------------------------------------------
@@ -361,6 +375,105 @@ class Reconciler:
         return changes
 
 
+#: What the pod index and the loop index give (kopf.Index, or a plain mapping in tests).
+PodsByLoop = Mapping[LoopKey, Iterable[PodView]]
+LoopsByKey = Mapping[LoopKey, Iterable[Mapping[str, Any]]]
+
+
+async def reconcile(
+    deps: Deps, body: Mapping[str, Any], index: PodsByLoop, *, force_ensure: bool
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """One pass over one loop: (status changes, events left to post).
+
+    Counted in the reconcile metric: ok, invalid (spec), or error (it raised).
+    """
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("namespace")), str(meta.get("name")))
+    memo = deps.memo(key)
+    started = time.perf_counter()
+    async with memo.lock:
+        pods = list(index.get(key, []))
+        worker = Reconciler(deps, body, pods)
+        try:
+            changes = await worker.run(force_ensure=force_ensure)
+        except Exception:
+            deps.metrics.reconciles.labels(result="error").inc()
+            raise
+        finally:
+            deps.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+    deps.metrics.reconciles.labels(result="invalid" if memo.last_spec_error else "ok").inc()
+    return changes, worker.unposted
+
+
+class Resync:
+    """The periodic pass over every indexed loop (replaces a kopf timer: no finalizer).
+
+    Every `resync_seconds`, each loop in the loop index is reconciled like a
+    resume (without forcing the shared children), its status merge-patched and
+    its events posted. Loops run side by side, at most `RESYNC_CONCURRENCY` at
+    once; one that fails is logged and counted and never stops the others.
+    """
+
+    def __init__(
+        self,
+        deps: Deps,
+        loops: LoopsByKey,
+        pods: PodsByLoop,
+        *,
+        concurrency: int = RESYNC_CONCURRENCY,
+    ) -> None:
+        self.deps = deps
+        self.loops = loops
+        self.pods = pods
+        self.concurrency = concurrency
+
+    async def one(self, key: LoopKey) -> None:
+        """The pass over one loop; never raises (but for cancellation)."""
+        deps = self.deps
+        body = next(iter(self.loops.get(key, [])), None)  # the newest one seen
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        ns, name = key
+        try:
+            changes, unposted = await reconcile(deps, body, self.pods, force_ensure=False)
+            if key not in self.loops:
+                return  # deleted meanwhile: nothing to write
+            if changes:
+                await deps.kube.patch_loop_status(ns, name, changes)
+            for kind, reason, message in unposted:
+                await deps.kube.post_event(body, kind=kind, reason=reason, message=message)
+        except asyncio.CancelledError:
+            raise
+        except NotFound:
+            pass  # deleted meanwhile
+        except KubeError as e:
+            log.warning("resync of %s/%s: Kubernetes API: %s", ns, name, e)
+        except Exception:
+            log.exception("resync of %s/%s failed", ns, name)
+        finally:
+            if key not in self.loops:
+                deps.forget(key)  # a pass that raced with the deletion
+
+    async def all(self) -> None:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(key: LoopKey) -> None:
+            async with gate:
+                await self.one(key)
+
+        await asyncio.gather(*(one(k) for k in list(self.loops)))
+
+    async def forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.deps.cfg.resync_seconds)
+            try:
+                await self.all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # `one` isolates loops; this is a last resort
+                log.exception("resync pass failed")
+
+
 def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     """Register every handler of the operator on `registry`."""
     group, version, plural = c.API_GROUP, c.API_VERSION, c.PLURAL
@@ -390,28 +503,12 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
             return None
         return {(namespace, labels[c.LOOP_LABEL]): view}
 
-    async def reconcile(
-        body: kopf.Body,
-        patch: kopf.Patch,
-        index: kopf.Index[LoopKey, PodView],
-        *,
-        force_ensure: bool,
-    ) -> None:
-        key = (str(body.meta.namespace), str(body.meta.name))
-        memo = deps.memo(key)
-        started = time.perf_counter()
-        async with memo.lock:
-            pods = list(index.get(key, []))
-            try:
-                changes = await Reconciler(deps, body, pods).run(force_ensure=force_ensure)
-            except KubeError as e:
-                deps.metrics.reconciles.labels(result="error").inc()
-                raise kopf.TemporaryError(f"Kubernetes API: {e}", delay=2) from e
-            finally:
-                deps.metrics.reconcile_seconds.observe(time.perf_counter() - started)
-        deps.metrics.reconciles.labels(result="invalid" if memo.last_spec_error else "ok").inc()
-        for k, v in changes.items():
-            patch.status[k] = v
+    @kopf.index(group, version, plural, id="loops", registry=registry)
+    def loops(
+        *, body: kopf.Body, name: str, namespace: str | None, **_: Any
+    ) -> dict[LoopKey, dict[str, Any]]:
+        # A snapshot: the background resync reads it while new events arrive.
+        return {(namespace or "", name): copy.deepcopy(dict(body))}
 
     @kopf.on.resume(group, version, plural, id="resume", registry=registry)
     @kopf.on.create(group, version, plural, id="create", registry=registry)
@@ -420,16 +517,32 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         *, body: kopf.Body, patch: kopf.Patch, node_pods: PodIndex = None, **_: Any
     ) -> None:
         assert node_pods is not None
-        await reconcile(body, patch, node_pods, force_ensure=True)
+        try:
+            changes, _unposted = await reconcile(deps, body, node_pods, force_ensure=True)
+        except KubeError as e:
+            raise kopf.TemporaryError(f"Kubernetes API: {e}", delay=2) from e
+        for k, v in changes.items():
+            patch.status[k] = v
 
-    @kopf.timer(
-        group, version, plural, id="resync", interval=deps.cfg.resync_seconds, registry=registry
-    )
-    async def resync(
-        *, body: kopf.Body, patch: kopf.Patch, node_pods: PodIndex = None, **_: Any
+    resync_task: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(id="resync_start", registry=registry)
+    async def resync_start(
+        *, loops: LoopIndex = None, node_pods: PodIndex = None, **_: Any
     ) -> None:
+        """Start the periodic resync: kopf runs only on the leading replica, so does this."""
+        assert loops is not None
         assert node_pods is not None
-        await reconcile(body, patch, node_pods, force_ensure=False)
+        resync = Resync(deps, loops, node_pods)
+        resync_task.append(asyncio.create_task(resync.forever(), name="reactive-loop resync"))
+
+    @kopf.on.cleanup(id="resync_stop", registry=registry)
+    async def resync_stop(**_: Any) -> None:
+        while resync_task:
+            task = resync_task.pop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @kopf.on.event(group, version, plural, id="loop_event", registry=registry)
     async def loop_event(*, type: str, name: str, namespace: str | None, **_: Any) -> None:
@@ -452,7 +565,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         node_pods: PodIndex = None,
         **_: Any,
     ) -> None:
-        """Heal at once when a node pod goes away or fails (the timer would, later)."""
+        """Heal at once when a node pod goes away or fails (the resync would, later)."""
         if type != "DELETED" and status.get("phase") not in ("Failed", "Succeeded"):
             return
         if namespace is None or node_pods is None:

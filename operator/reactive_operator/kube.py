@@ -211,6 +211,50 @@ class Kube:
             )
         )
 
+    async def patch_loop_status(self, ns: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the status subresource of a ReactiveLoop (None deletes a field)."""
+        await _json(
+            self.custom.patch_namespaced_custom_object_status(
+                c.API_GROUP,
+                c.API_VERSION,
+                ns,
+                c.PLURAL,
+                name,
+                {"status": dict(status)},
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+                _preload_content=False,
+            )
+        )
+
+    async def post_event(
+        self, obj: Mapping[str, Any], *, kind: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event about `obj` (used where kopf's event queue is not available)."""
+        meta = obj.get("metadata") or {}
+        ns = str(meta.get("namespace"))
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": ns},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": ns,
+                "uid": meta.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "reactive-loop-operator"},
+            "reportingComponent": "reactive-loop-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await _json(self.core.create_namespaced_event(ns, body, _preload_content=False))  # type: ignore[arg-type]
+
     # --- leases --------------------------------------------------------------
     async def read_lease(self, ns: str, name: str) -> LeaseRecord | None:
         try:

@@ -720,3 +720,37 @@ def test_hmac_loop_signs_round_trips(cluster: Cluster, loops: Loops) -> None:
         urllib.request.urlopen(request, timeout=5)
     assert refused.value.code == 401
     assert any(e["reason"] == "TargetInjected" for e in loops.events(name))
+
+
+def test_a_reconciled_loop_carries_no_finalizer(cluster: Cluster, loops: Loops) -> None:
+    name = loops.apply(
+        {
+            "apiVersion": "reactive-loop.dev/v1alpha1",
+            "kind": "ReactiveLoop",
+            "metadata": {"name": "nofin"},
+            "spec": {"replicas": 2, "target": {"f": 1}},
+        }
+    )
+    obj = cluster.wait_for(lambda: looping_converged(loops, name, 2), timeout=90, what="converged")
+    assert not obj["metadata"].get("finalizers"), obj["metadata"].get("finalizers")
+    # The periodic resync keeps the status current, still without a finalizer.
+    time.sleep(3 * RESYNC_SECONDS)
+    assert not loops.get(name)["metadata"].get("finalizers")
+    # A loop still carrying the finalizer of an older operator (which ran a
+    # kopf timer) loses it once this operator sees it.
+    legacy = loops.apply(
+        {
+            "apiVersion": "reactive-loop.dev/v1alpha1",
+            "kind": "ReactiveLoop",
+            "metadata": {"name": "legacy", "finalizers": ["kopf.reactive-loop.dev/finalizer"]},
+            "spec": {"replicas": 2, "target": {"f": 2}},
+        }
+    )
+    cluster.wait_for(
+        lambda: not loops.get(legacy)["metadata"].get("finalizers"),
+        timeout=30,
+        what="the old kopf finalizer removed",
+    )
+    # Deleting it is immediate; its children go by garbage collection.
+    cluster.kubectl("delete", "rloop", name, "-n", loops.namespace, "--wait=true", "--timeout=20s")
+    cluster.wait_for(lambda: not loops.pods(name), timeout=60, what="node pods collected")
