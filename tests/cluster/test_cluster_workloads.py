@@ -251,3 +251,29 @@ def test_init_container_runs_first_and_shares_empty_dir(cluster: Cluster, namesp
     assert init_status["state"]["terminated"]["exitCode"] == 0
     initialized = next(c for c in pod["status"]["conditions"] if c["type"] == "Initialized")
     assert initialized["status"] == "True"
+
+
+def test_empty_dir_over_the_checkout_parent_keeps_venv_and_pod_files(
+    cluster: Cluster, namespace: str
+) -> None:
+    """An emptyDir on a directory above the checkout (say /tmp, when the
+    clone lives in /tmp) must not hide the venv, the pod's files or the
+    ServiceAccount mount from the container."""
+    over = str(cluster.cfg.root.parent)
+    script = (
+        "import pathlib, reactive_node;"
+        f"pathlib.Path({over!r}, 'scratch').write_text('ok');"
+        "ns = open('/var/run/secrets/kubernetes.io/serviceaccount/namespace').read();"
+        f"print(ns, pathlib.Path({over!r}, 'scratch').read_text())"
+    )
+    main = o.container(
+        "main", [o.PY, "-c", script], volumeMounts=[{"name": "scratch", "mountPath": over}]
+    )
+    p = o.pod(
+        "covered", [main], restartPolicy="Never", volumes=[{"name": "scratch", "emptyDir": {}}]
+    )
+    cluster.apply(o.dump(p), namespace)
+    wait_pod_phase(cluster, namespace, "covered", "Succeeded")
+    assert cluster.logs(namespace, "covered", "main").split() == [namespace, "ok"]
+    # The write went to the emptyDir, not to the host directory it covers.
+    assert not (cluster.cfg.root.parent / "scratch").exists()

@@ -29,6 +29,7 @@ import yaml
 
 from localcluster import network, pki, procs
 from localcluster.config import ClusterConfig
+from localcluster.kubelet.runtime import KEEP_DIR
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
 BINARIES = (
@@ -446,7 +447,7 @@ def _down(cfg: ClusterConfig, quiet: bool) -> list[str]:
                 procs.stop(rec, grace=1.0)
                 report.append(f"killed pod process {pid} in {ns}")
     report += network.teardown_host(cfg)
-    for d in (cfg.etcd_dir, cfg.pods_dir):
+    for d in (cfg.etcd_dir, cfg.pods_dir, KEEP_DIR):
         shutil.rmtree(d, ignore_errors=True)
     if not quiet:
         for line in report or ["nothing was running"]:

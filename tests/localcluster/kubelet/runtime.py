@@ -38,6 +38,22 @@ from localcluster.network import PodNet, pod_setup_commands, pod_teardown_comman
 log = logging.getLogger("kubelet.runtime")
 Obj = dict[str, Any]
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: Staging mount points (on the host's /run, empty there: the binds live only
+#: in containers' private mount namespaces) for host roots a volume covers.
+KEEP_DIR = Path("/run/reactive-loop-keep")
+
+
+def host_roots(cfg: ClusterConfig) -> list[Path]:
+    """Host directories every container runs from: the checkout (venv), the
+    cluster's state (pod files) and the interpreter's installation."""
+    python_home = Path(os.path.realpath(cfg.venv_bin / "python")).parents[1]
+    roots: list[Path] = []
+    for r in sorted({cfg.root, cfg.state_dir, python_home}, key=lambda p: len(p.parts)):
+        if not any(r.is_relative_to(kept) for kept in roots):
+            roots.append(r)
+    return roots
+
+
 MAX_BACKOFF = 10.0
 
 
@@ -370,29 +386,53 @@ class PodWorker:
         assert self.net is not None
         hostname = self.pod.get("spec", {}).get("hostname") or self.name
         q = shlex.quote
-        lines = [
-            "set -e",
-            f"hostname {q(hostname[:63])}",
-            f"mount --bind {q(str(self.dir / 'hosts'))} /etc/hosts",
-            f"mount --bind {q(str(self.dir / 'resolv.conf'))} /etc/resolv.conf",
+        mounts = [
+            (vm, volumes[vm["name"]]) for vm in c.get("volumeMounts") or [] if vm["name"] in volumes
         ]
-        for vm in c.get("volumeMounts") or []:
-            src = volumes.get(vm["name"])
-            if src is None:
-                continue
+        # A volume may be mounted over a host directory the container itself
+        # runs from: an emptyDir on /tmp hides a checkout (venv, pod files)
+        # living under /tmp. Such host roots are first bound to a staging
+        # point, sources are taken from there, and each root is bound back
+        # inside any volume that covers it.
+        roots = [
+            r
+            for r in host_roots(self.cfg)
+            if any(r.is_relative_to(vm["mountPath"]) for vm, _ in mounts)
+        ]
+        keep = {r: KEEP_DIR / str(i) for i, r in enumerate(roots)}
+
+        def src(path: Path | str) -> str:
+            for r, k in keep.items():
+                if Path(path).is_relative_to(r):
+                    return str(k / Path(path).relative_to(r))
+            return str(path)
+
+        lines = ["set -e", f"hostname {q(hostname[:63])}"]
+        for r, k in keep.items():
+            k.mkdir(parents=True, exist_ok=True)
+            lines.append(f"mount --bind {q(str(r))} {q(str(k))}")
+        lines += [
+            f"mount --bind {q(src(self.dir / 'hosts'))} /etc/hosts",
+            f"mount --bind {q(src(self.dir / 'resolv.conf'))} /etc/resolv.conf",
+        ]
+        for vm, vsrc in mounts:
             dst = vm["mountPath"]
             lines.append(f"mkdir -p {q(dst)}")
-            lines.append(f"mount --bind {q(src)} {q(dst)}")
+            lines.append(f"mount --bind {q(src(vsrc))} {q(dst)}")
             if vm.get("readOnly"):
                 lines.append(f"mount -o remount,bind,ro {q(dst)}")
+            for r, k in keep.items():
+                if r.is_relative_to(dst):
+                    lines.append(f"mkdir -p {q(str(r))}")
+                    lines.append(f"mount --bind {q(str(k))} {q(str(r))}")
         lines.append(f"cd {q(c.get('workingDir') or str(workdir))}")
         uid, gid = self._security(c)
         if uid is not None:
             # An image's non-root USER has a passwd entry; emulate that, so
             # getpass.getuser() and friends work for any runAsUser.
             passwd, group = self._identity_files(uid, gid, workdir)
-            lines.append(f"mount --bind {q(str(passwd))} /etc/passwd")
-            lines.append(f"mount --bind {q(str(group))} /etc/group")
+            lines.append(f"mount --bind {q(src(passwd))} /etc/passwd")
+            lines.append(f"mount --bind {q(src(group))} /etc/group")
         if uid is None:
             lines.append('exec "$@"')
         else:
