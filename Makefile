@@ -37,7 +37,7 @@ system-deps: ## install the Debian packages the tests use (root, apt-get)
 	fi
 
 .PHONY: tools
-tools: ## build kube-apiserver, controller-manager, scheduler, kubectl, etcd, helm from Go modules (cached)
+tools: ## build kube-apiserver, controller-manager, scheduler, kubectl, etcd, helm, prometheus from Go modules (cached)
 	bash hack/build-tools.sh
 
 # ---------------------------------------------------------------- main job
