@@ -21,8 +21,8 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --retries 10 --timeout 60 --upgrade pip
+	$(PY) -m pip install -q --retries 10 --timeout 60 -e '.[dev]'
 	touch $@
 
 .PHONY: venv
