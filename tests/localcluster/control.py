@@ -77,6 +77,59 @@ def api_json(cfg: ClusterConfig, path: str) -> dict[str, Any] | None:
     return data
 
 
+KUBELET_RBAC = "reactive-loop:kubelet-networkpolicy"
+
+
+def ensure_kubelet_rbac(cfg: ClusterConfig) -> None:
+    """Let the kubelet (group system:nodes) list/watch NetworkPolicies and namespaces.
+
+    The Node authorizer does not grant them; the test kubelet enforces ingress
+    policies, so it needs them. Server-side apply as admin: idempotent.
+    """
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": KUBELET_RBAC},
+        "rules": [
+            {
+                "apiGroups": ["networking.k8s.io"],
+                "resources": ["networkpolicies"],
+                "verbs": ["get", "list", "watch"],
+            },
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": KUBELET_RBAC},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": KUBELET_RBAC,
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}
+        ],
+    }
+    for kind, obj in (("clusterroles", role), ("clusterrolebindings", binding)):
+        url = (
+            f"{cfg.apiserver_url}{rbac}/{kind}/{KUBELET_RBAC}?fieldManager=localcluster&force=true"
+        )
+        req = urllib.request.Request(
+            url,
+            data=json.dumps(obj).encode(),
+            method="PATCH",
+            headers={"Content-Type": "application/apply-patch+yaml"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=_ssl_context(cfg)):
+                pass
+        except (OSError, urllib.error.HTTPError) as e:
+            raise ClusterError(f"applying {kind}/{KUBELET_RBAC}: {e}") from e
+
+
 def wait_until(what: str, check: Callable[[], bool], timeout: float, log: Path | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -357,6 +410,8 @@ def _up(cfg: ClusterConfig) -> float:
     network.setup_host(cfg)
     for comp in component_specs(cfg):
         log = log_path(cfg, comp.name)
+        if comp.name == "kubelet":
+            ensure_kubelet_rbac(cfg)
         rec = procs.spawn(comp.args, log, comp.env)
         procs.write_pidfile(pidfile(cfg, comp.name), rec)
         say(f"started {comp.name} (pid {rec.pid}, log {log})")
@@ -396,6 +451,8 @@ def restart(cfg: ClusterConfig, name: str) -> None:
         write_configs(cfg)
         comp = next(c for c in component_specs(cfg) if c.name == name)
         log = log_path(cfg, name)
+        if name == "kubelet":
+            ensure_kubelet_rbac(cfg)
         new = procs.spawn(comp.args, log, comp.env)
         procs.write_pidfile(pidfile(cfg, name), new)
         say(f"restarted {name} (pid {new.pid})")

@@ -3,7 +3,9 @@
 One watch over all pods and one over all Services feed two caches. Pods bound
 to this node get a `PodWorker`; every change of a pod or Service re-renders
 each running pod's /etc/hosts (debounced), so Service and headless hostnames
-follow pods as they come, go and change readiness.
+follow pods as they come, go and change readiness. Watches over
+NetworkPolicies and namespaces (listed before pods start) feed the ingress
+rules (`netpol`), recomputed for every running pod on the same debounced loop.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from localcluster.config import ClusterConfig
-from localcluster.kubelet import server, specs
+from localcluster.kubelet import netpol, server, specs
 from localcluster.kubelet.api import Api, ApiError, informer
 from localcluster.kubelet.runtime import IpPool, PodWorker, now_iso, run_cmd
 from localcluster.network import list_pod_netns
@@ -44,6 +46,10 @@ class Agent:
         self.probes = probes
         self.pods: dict[str, Obj] = {}  # uid -> pod, every namespace
         self.services: dict[tuple[str, str], Obj] = {}
+        self.policies: dict[tuple[str, str], Obj] = {}  # NetworkPolicies
+        self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
+        self.policies_listed = asyncio.Event()
+        self.namespaces_listed = asyncio.Event()
         self.workers: dict[str, PodWorker] = {}
         self.pool = IpPool(cfg)
         self.dns_dirty = asyncio.Event()
@@ -192,7 +198,13 @@ class Agent:
                     "Failed",
                 ):
                     worker = PodWorker(
-                        self.cfg, self.api, pod, self.pool, self.render_hosts, self.probes
+                        self.cfg,
+                        self.api,
+                        pod,
+                        self.pool,
+                        self.render_hosts,
+                        self.probes,
+                        self.render_netpol,
                     )
                     self.workers[uid] = worker
                     worker.start()
@@ -223,6 +235,49 @@ class Agent:
         self._index = None
         self.dns_dirty.set()
 
+    async def policies_synced(self, items: list[Obj]) -> None:
+        self.policies = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in items}
+        self.policies_listed.set()
+        self.dns_dirty.set()
+
+    async def policy_event(self, kind: str, policy: Obj) -> None:
+        key = (policy["metadata"]["namespace"], policy["metadata"]["name"])
+        if kind == "DELETED":
+            self.policies.pop(key, None)
+        else:
+            self.policies[key] = policy
+        self.dns_dirty.set()
+
+    async def namespaces_synced(self, items: list[Obj]) -> None:
+        self.namespaces = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in items}
+        self.namespaces_listed.set()
+        self.dns_dirty.set()
+
+    async def namespace_event(self, kind: str, ns: Obj) -> None:
+        if kind == "DELETED":
+            self.namespaces.pop(ns["metadata"]["name"], None)
+        else:
+            self.namespaces[ns["metadata"]["name"]] = ns["metadata"].get("labels") or {}
+        self.dns_dirty.set()
+
+    def _pods_with_ips(self) -> list[Obj]:
+        """Every pod, with the address its worker allocated before the status says so."""
+        out = []
+        for uid, pod in self.pods.items():
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            worker = self.workers.get(uid)
+            if worker is not None and worker.ip and not worker.terminating:
+                pod = dict(pod, status=dict(pod.get("status") or {}, podIP=worker.ip))
+            out.append(pod)
+        return out
+
+    def render_netpol(self, pod: Obj) -> str:
+        rules = netpol.ingress_rules(
+            pod, self.policies.values(), self._pods_with_ips(), self.namespaces
+        )
+        return netpol.restore_text(rules, self.cfg.gateway_ip)
+
     def render_hosts(self, pod: Obj) -> str:
         if self._index is None:
             self._index = specs.endpoint_index(self.pods.values(), self.services.values())
@@ -239,6 +294,7 @@ class Agent:
                     worker.refresh_hosts()
                     wanted = specs.port_redirects(worker.pod, self.services.values())
                     await worker.apply_redirects(wanted)
+                    await worker.apply_netpol(self.render_netpol(worker.pod))
                 except (OSError, RuntimeError):
                     log.exception("hosts of %s/%s", worker.ns, worker.name)
 
@@ -271,9 +327,31 @@ class Agent:
                 informer(self.api, "/api/v1/services", {}, self.services_synced, self.service_event)
             ),
             asyncio.create_task(
-                informer(self.api, "/api/v1/pods", {}, self.pods_synced, self.pod_event)
+                informer(
+                    self.api,
+                    "/apis/networking.k8s.io/v1/networkpolicies",
+                    {},
+                    self.policies_synced,
+                    self.policy_event,
+                )
+            ),
+            asyncio.create_task(
+                informer(
+                    self.api, "/api/v1/namespaces", {}, self.namespaces_synced, self.namespace_event
+                )
             ),
         ]
+        # Policies and namespaces first, so no pod starts unisolated by mistake.
+        listed = asyncio.gather(self.policies_listed.wait(), self.namespaces_listed.wait())
+        try:
+            await asyncio.wait_for(listed, 15.0)
+        except TimeoutError:
+            log.warning("NetworkPolicies/namespaces not listed after 15s (RBAC?); starting pods")
+        tasks.append(
+            asyncio.create_task(
+                informer(self.api, "/api/v1/pods", {}, self.pods_synced, self.pod_event)
+            )
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -131,8 +131,10 @@ class PodWorker:
         pool: IpPool,
         render_hosts: Callable[[Obj], str],
         probes: aiohttp.ClientSession,
+        render_netpol: Callable[[Obj], str] | None = None,
     ) -> None:
         self.cfg, self.api, self.pod, self.pool = cfg, api, pod, pool
+        self.render_netpol = render_netpol  # pod -> iptables-restore text of RL-NETPOL
         self.probes = probes  # one session for every HTTP probe, like the kubelet's prober
         self.render_hosts = render_hosts
         meta = pod["metadata"]
@@ -170,6 +172,8 @@ class PodWorker:
         self.last_status: Obj | None = None
         self.removed_from_api = False
         self.redirects: list[tuple[int, int]] = []
+        self.netpol: str | None = None  # the RL-NETPOL rules last applied
+        self.netns_up = False
 
     # --- entry points used by the agent ------------------------------------------
     def start(self) -> None:
@@ -222,6 +226,9 @@ class PodWorker:
         self._write_state()
         for cmd in pod_setup_commands(self.cfg, self.net):
             await run_cmd(cmd)
+        self.netns_up = True
+        if self.render_netpol is not None:  # isolate before any container starts
+            await self.apply_netpol(self.render_netpol(self.pod))
         write_in_place(
             self.dir / "resolv.conf", specs.resolv_conf(self.ns, self.cfg.cluster_domain)
         )
@@ -316,6 +323,28 @@ class PodWorker:
                 check=False,
             )
         self.redirects = wanted
+
+    async def apply_netpol(self, text: str) -> None:
+        """Rebuild the pod's RL-NETPOL chain atomically (iptables-restore --noflush)."""
+        if self.net is None or not self.netns_up or self.terminating or text == self.netpol:
+            return
+        ipt = ["ip", "netns", "exec", self.net.netns]
+        proc = await asyncio.create_subprocess_exec(
+            *ipt,
+            "iptables-restore",
+            "--noflush",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate(text.encode())
+        if proc.returncode != 0:
+            raise RuntimeError(f"iptables-restore in {self.net.netns}: {out.decode().strip()}")
+        if self.netpol is None:  # after RL-FAULT, which faults insert at position 1
+            check = [*ipt, "iptables", "-w", "-C", "INPUT", "-j", "RL-NETPOL"]
+            if (await run_cmd(check, check=False))[0] != 0:
+                await run_cmd([*ipt, "iptables", "-w", "-A", "INPUT", "-j", "RL-NETPOL"])
+        self.netpol = text
 
     # --- containers ------------------------------------------------------------------
     def _security(self, c: Obj) -> tuple[int | None, int]:
