@@ -18,7 +18,8 @@ Fixtures
   `cfg: ClusterConfig` (paths, gateway_ip, apiserver_pod_url, ...)
 - `kubectl(*args, check=True, input=None, timeout=60) -> CompletedProcess[str]`
 - `helm(*args, check=True, input=None, timeout=180) -> CompletedProcess[str]`
-- `apply(yaml_text, namespace=None)`, `get(kind, name=None, namespace=None) -> dict | None`
+- `create_namespace(name, *labels)` (waits for its default ServiceAccount),
+  `apply(yaml_text, namespace=None)`, `get(kind, name=None, namespace=None) -> dict | None`
 - `wait_for(condition, timeout=30, interval=0.2, what="...") -> value`: polls until
   truthy, raises `WaitTimeout` (an AssertionError) with `what` otherwise
 - `pod_ready(ns, name) -> bool`, `pod(ns, name) -> PodHandle` (ip, netns,
@@ -74,12 +75,6 @@ def cluster(local_cluster: Cluster) -> Cluster:
 def namespace(local_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{base}-{secrets.token_hex(2)}"
-    local_cluster.kubectl("create", "namespace", name)
-    local_cluster.kubectl("label", "namespace", name, "reactive-loop.dev/test=true")
-    local_cluster.wait_for(
-        lambda: local_cluster.get("serviceaccount", "default", name),
-        timeout=30,
-        what=f"the default ServiceAccount of namespace {name}",
-    )
+    local_cluster.create_namespace(name, "reactive-loop.dev/test=true")
     yield name
     local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

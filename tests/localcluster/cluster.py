@@ -85,6 +85,18 @@ class Cluster:
         ns = ["-n", namespace] if namespace else []
         self.kubectl("apply", *ns, "-f", "-", input=manifest)
 
+    def create_namespace(self, name: str, *labels: str) -> None:
+        """Create namespace `name` with `labels` ("key=value") and wait until
+        its `default` ServiceAccount exists (pods need it)."""
+        self.kubectl("create", "namespace", name)
+        if labels:
+            self.kubectl("label", "namespace", name, *labels)
+        self.wait_for(
+            lambda: self.get("serviceaccount", "default", name),
+            timeout=30,
+            what=f"the default ServiceAccount of namespace {name}",
+        )
+
     def get(self, kind: str, name: str | None = None, namespace: str | None = None) -> Any:
         """`kubectl get -o json` parsed; None if the object does not exist."""
         args = ["get", kind, *([name] if name else []), "-o", "json"]

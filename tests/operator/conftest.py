@@ -37,19 +37,11 @@ def crd(local_cluster: Cluster) -> str:
 @pytest.fixture(scope="session")
 def loops_ns(local_cluster: Cluster, crd: str) -> Iterator[str]:
     name = f"rl-op-{secrets.token_hex(3)}"
-    local_cluster.kubectl("create", "namespace", name)
-    local_cluster.kubectl(
-        "label",
-        "namespace",
+    local_cluster.create_namespace(
         name,
         "pod-security.kubernetes.io/enforce=restricted",
         "pod-security.kubernetes.io/enforce-version=latest",
         "reactive-loop.dev/test=true",
-    )
-    local_cluster.wait_for(
-        lambda: local_cluster.get("serviceaccount", "default", name),
-        timeout=30,
-        what=f"the default ServiceAccount of {name}",
     )
     yield name
     local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

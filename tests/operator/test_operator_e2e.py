@@ -219,6 +219,20 @@ class Loops:
         assert obj is not None, f"ReactiveLoop {name} is gone"
         return dict(obj)
 
+    def patch(self, name: str, spec: dict[str, Any]) -> int:
+        """Merge-patch the loop's spec with the real kubectl; returns the new generation."""
+        self.cluster.kubectl(
+            "patch",
+            "rl",
+            name,
+            "-n",
+            self.namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": spec}),
+        )
+        return int(self.get(name)["metadata"]["generation"])
+
     def condition(self, name: str, kind: str) -> dict[str, Any] | None:
         for cond in self.get(name).get("status", {}).get("conditions") or []:
             if cond["type"] == kind:
@@ -319,17 +333,7 @@ def test_converge_lifecycle(cluster: Cluster, loops: Loops) -> None:
     assert "generation" in table
 
     # A new target becomes a new generation that every node reaches.
-    cluster.kubectl(
-        "patch",
-        "rl",
-        name,
-        "-n",
-        loops.namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"target": {"version": "v2"}}}),
-    )
-    generation = loops.get(name)["metadata"]["generation"]
+    generation = loops.patch(name, {"target": {"version": "v2"}})
     cluster.wait_for(
         lambda: looping_converged(loops, name, 3, generation),
         timeout=60,
@@ -418,17 +422,7 @@ def test_bad_annotation_is_reported_and_nothing_is_lost(cluster: Cluster, loops:
     nodes = loops.get(name)["status"]["nodes"]
     assert nodes[0]["generation"] == generation, "the node lost its last good state"
     # The loop keeps working: a new target still converges everywhere.
-    cluster.kubectl(
-        "patch",
-        "rl",
-        name,
-        "-n",
-        loops.namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"target": {"keep": "me too"}}}),
-    )
-    new = loops.get(name)["metadata"]["generation"]
+    new = loops.patch(name, {"target": {"keep": "me too"}})
     cluster.wait_for(
         lambda: looping_converged(loops, name, 2, new), timeout=60, what="still converges"
     )
@@ -456,16 +450,7 @@ def test_invalid_spec_gets_a_condition_not_a_crash(
     assert any(e["reason"] == "InvalidSpec" for e in loops.events(name))
     assert loops.pods(name) == []
     # Fixing it recovers without restarting anything.
-    cluster.kubectl(
-        "patch",
-        "rl",
-        name,
-        "-n",
-        loops.namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"target": {"blob": "small"}}}),
-    )
+    loops.patch(name, {"target": {"blob": "small"}})
     cluster.wait_for(lambda: looping_converged(loops, name, 2), timeout=60, what="recovered")
     assert "reactive_loop_operator_reconciles_total" in operator.metrics()
 
@@ -617,16 +602,7 @@ def test_timing_change_rolls_pods_one_at_a_time(cluster: Cluster, loops: Loops) 
     cluster.wait_for(lambda: looping_converged(loops, name, 3), timeout=90, what="converged")
     before = uids(loops, name)
     hashes = {p["metadata"]["annotations"]["reactive-loop.dev/spec-hash"] for p in loops.pods(name)}
-    cluster.kubectl(
-        "patch",
-        "rl",
-        name,
-        "-n",
-        loops.namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"loop": {"interval": 0.8, "timeout": 0.4}}}),
-    )
+    loops.patch(name, {"loop": {"interval": 0.8, "timeout": 0.4}})
     worst = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
