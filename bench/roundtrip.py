@@ -52,7 +52,7 @@ from prometheus_client import CollectorRegistry
 from reactive_node import contract
 from reactive_node.app import aiohttp_transport
 from reactive_node.behaviors import Converge
-from reactive_node.config import NodeConfig
+from reactive_node.config import make_config
 from reactive_node.local import free_ports
 from reactive_node.metrics import NodeMetrics
 from reactive_node.node import Node
@@ -185,7 +185,7 @@ async def measure(rounds: int, per_round: int, warmup: int) -> dict[str, Any]:
     try:
         for port in (node_port, aio_port, raw_port):
             await _wait_listening(port)
-        config = NodeConfig.model_validate(
+        config = make_config(
             {
                 "loop": LOOP,
                 "node": f"{LOOP}-1",

@@ -24,6 +24,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from . import contract
 from .backoff import Backoff
 from .behaviors import Behavior, load_behavior
+from .codec import encode
 from .config import NodeConfig
 from .metrics import NodeMetrics
 from .node import Node, Outcome, Reply, Transport
@@ -40,7 +41,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(reply: Reply) -> web.Response:
-    return web.json_response(reply.body, status=reply.status)
+    return web.Response(
+        body=encode(reply.body), status=reply.status, content_type="application/json"
+    )
 
 
 @web.middleware

@@ -9,40 +9,73 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+import msgspec
 
 from .behaviors.base import State, canonical
 
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
 
-class RoundTripRequest(BaseModel):
+
+class BadBody(ValueError):
+    """A round-trip body that is not valid JSON of the expected shape; the
+    message names the first problem and where (`$.seq`)."""
+
+
+class RoundTripRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"sender": "from"}
+):
     """Body of `POST /v1/roundtrip`."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-    loop: StrictStr = Field(min_length=1, max_length=253)
-    sender: StrictStr = Field(alias="from", min_length=1, max_length=253)
-    boot: StrictInt = Field(ge=0)
-    seq: StrictInt = Field(ge=0)
+    loop: Name
+    sender: Name
+    boot: Count
+    seq: Count
     state: dict[str, Any]
 
 
-class RoundTripResponse(BaseModel):
+class RoundTripResponse(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"sender": "from"}
+):
     """Body of a `200` answer to a round trip."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-    sender: StrictStr = Field(alias="from", min_length=1)
+    sender: Name
     state: dict[str, Any]
 
 
-def encode_request(req: RoundTripRequest) -> bytes:
-    return canonical(req.model_dump(by_alias=True)).encode()
+_decode_request = msgspec.json.Decoder(RoundTripRequest).decode
+_decode_response = msgspec.json.Decoder(RoundTripResponse).decode
+#: Compact JSON of any JSON-like value or of the structs above.
+encode = msgspec.json.Encoder().encode
 
 
-def encode_response(sender: str, state: State) -> bytes:
-    return canonical({"from": sender, "state": state}).encode()
+def decode_request(body: bytes) -> RoundTripRequest:
+    """Parse and check a round-trip request body; raises BadBody."""
+    try:
+        return _decode_request(body)
+    except msgspec.DecodeError as e:
+        raise BadBody(str(e)) from None
+
+
+def decode_response(body: bytes) -> RoundTripResponse:
+    """Parse and check the body of a `200` answer; raises BadBody."""
+    try:
+        return _decode_response(body)
+    except msgspec.DecodeError as e:
+        raise BadBody(str(e)) from None
+
+
+def make_request(loop: str, sender: str, boot: int, seq: int, state: State) -> RoundTripRequest:
+    """A checked request (the constructor alone checks nothing); raises BadBody."""
+    try:
+        return msgspec.convert(
+            {"loop": loop, "from": sender, "boot": boot, "seq": seq, "state": state},
+            RoundTripRequest,
+        )
+    except msgspec.ValidationError as e:
+        raise BadBody(str(e)) from None
 
 
 def encode_state(state: State) -> str:

@@ -9,30 +9,35 @@ from __future__ import annotations
 import argparse
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+import msgspec
+from msgspec.structs import force_setattr
 
 from . import contract
 from .topology import TopologyName
 
 StoreName = Literal["pod", "file", "memory"]
+Name = Annotated[str, msgspec.Meta(max_length=253)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message says which setting and why."""
 
 
-class NodeConfig(BaseModel):
-    """Everything a node needs to know; immutable once built."""
+class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything a node needs to know; immutable once built.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Built and checked by `make_config` (types, bounds, the cross-field rules of
+    `__post_init__`); the constructor itself checks only the cross-field rules.
+    """
 
-    loop: str = Field(default="local", min_length=1, max_length=253)
-    node: str = Field(default="", max_length=253)
+    loop: Annotated[str, msgspec.Meta(min_length=1, max_length=253)] = "local"
+    node: Name = ""
     """This node's name (the pod name in Kubernetes); default `<loop>-<ordinal>`."""
-    ordinal: int = Field(default=0, ge=0)
-    replicas: int = Field(default=0, ge=0)
+    ordinal: Annotated[int, msgspec.Meta(ge=0)] = 0
+    replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Initial loop size; 0 means: the length of `peers`, else 1."""
     namespace: str | None = None
     pod_name: str | None = None
@@ -40,25 +45,25 @@ class NodeConfig(BaseModel):
     topology: TopologyName = "ring"
     peer_template: str | None = None
     peers: tuple[str, ...] = ()
-    port: int = Field(default=contract.DEFAULT_PORT, ge=0, le=65535)
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = contract.DEFAULT_PORT
     bind: str = "0.0.0.0"
     store: StoreName = "memory"
     state_dir: pathlib.Path | None = None
-    interval: float = Field(default=1.0, gt=0, le=3600)
-    timeout: float = Field(default=0.5, gt=0, le=600)
-    max_backoff: float = Field(default=10.0, gt=0, le=3600)
-    ring_skip: int = Field(default=2, ge=0, le=100)
-    token_hold: float = Field(default=5.0, gt=0)
-    token_loss_timeout: float = Field(default=30.0, gt=0)
+    interval: Seconds = 1.0
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 0.5
+    max_backoff: Seconds = 10.0
+    ring_skip: Annotated[int, msgspec.Meta(ge=0, le=100)] = 2
+    token_hold: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    token_loss_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     token_webhook: str | None = None
-    hmac_key: SecretStr | None = None
+    hmac_key: str | None = None
+    """The shared HMAC key; never shown by `repr`."""
 
-    @model_validator(mode="after")
-    def _complete(self) -> NodeConfig:
+    def __post_init__(self) -> None:
         if not self.node:
-            object.__setattr__(self, "node", f"{self.loop}-{self.ordinal}")
+            force_setattr(self, "node", f"{self.loop}-{self.ordinal}")
         if self.replicas == 0:
-            object.__setattr__(self, "replicas", len(self.peers) or 1)
+            force_setattr(self, "replicas", len(self.peers) or 1)
         if self.peer_template is not None and "{ordinal}" not in self.peer_template:
             raise ValueError("peer_template must contain '{ordinal}'")
         if self.peers and self.peer_template:
@@ -75,7 +80,13 @@ class NodeConfig(BaseModel):
             raise ValueError(f"replicas {self.replicas} but only {len(self.peers)} peers")
         if self.peers and self.ordinal >= len(self.peers):
             raise ValueError("ordinal must index into peers")
-        return self
+
+    def __repr__(self) -> str:
+        fields = (
+            f"{name}={'**********' if name == 'hmac_key' and self.hmac_key else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"NodeConfig({', '.join(fields)})"
 
     @property
     def pod(self) -> str:
@@ -94,7 +105,7 @@ class NodeConfig(BaseModel):
         return None
 
     def hmac_bytes(self) -> bytes | None:
-        return None if self.hmac_key is None else self.hmac_key.get_secret_value().encode()
+        return None if self.hmac_key is None else self.hmac_key.encode()
 
 
 # (field, env var, flag, help) for every setting; also the docs/node.md table.
@@ -165,7 +176,19 @@ def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> NodeConfi
         raw["peers"] = tuple(p.strip() for p in raw["peers"].split(",") if p.strip())
     if "state_dir" in raw and "store" not in raw:
         raw["store"] = "file"
+    return make_config(raw)
+
+
+def _path(kind: type, value: Any) -> Any:
+    if kind is pathlib.Path and isinstance(value, str | pathlib.PurePath):
+        return pathlib.Path(value)
+    raise TypeError(f"expected a path, got {type(value).__name__}")
+
+
+def make_config(raw: Mapping[str, Any]) -> NodeConfig:
+    """A checked `NodeConfig` from settings (strings from the environment are
+    converted: "2" to 2, "0.5" to 0.5); raises ConfigError naming the setting."""
     try:
-        return NodeConfig.model_validate(raw)
-    except ValueError as e:
+        return msgspec.convert(dict(raw), NodeConfig, strict=False, dec_hook=_path)
+    except msgspec.ValidationError as e:
         raise ConfigError(str(e)) from e

@@ -10,22 +10,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from pydantic import ValidationError
-
 from . import contract
 from .backoff import Backoff
 from .behaviors import Behavior, Context, InvalidState, Settings, State, peer_hint
 from .codec import (
+    BadBody,
     RoundTripRequest,
-    RoundTripResponse,
+    decode_request,
+    decode_response,
     decode_state,
+    encode,
     encode_state,
     sign,
     verify,
@@ -50,8 +50,6 @@ _OUTCOMES: Final = {
     413: "too_large",
     503: "unavailable",
 }
-#: Compact JSON for the round-trip body (one encoder, not one per call).
-_encode_body = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,9 +245,9 @@ class Node:
         if self._key is not None and not verify(self._key, body, signature):
             return _error(401, "unauthorized", f"missing or bad {contract.SIGNATURE_HEADER}")
         try:
-            req = RoundTripRequest.model_validate_json(body)
-        except ValidationError as e:
-            return _error(400, "bad_request", _describe(e))
+            req = decode_request(body)
+        except BadBody as e:
+            return _error(400, "bad_request", str(e))
         if req.loop != self.config.loop:
             return _error(400, "wrong_loop", f"this node is in loop {self.config.loop!r}")
         try:
@@ -330,15 +328,9 @@ class Node:
             log.warning("node %s: cannot persist a time-driven change: %s", self.config.node, e)
             mine = self.state
         self.seq += 1
-        body = _encode_body(
-            {
-                "loop": self.config.loop,
-                "from": self.config.node,
-                "boot": self.boot,
-                "seq": self.seq,
-                "state": mine,
-            }
-        ).encode()
+        body = encode(
+            RoundTripRequest(self.config.loop, self.config.node, self.boot, self.seq, mine)
+        )
         headers = self._headers
         if self._key is not None:
             headers = {**headers, contract.SIGNATURE_HEADER: sign(self._key, body)}
@@ -349,9 +341,8 @@ class Node:
         theirs: State | None = None
         if reason is None:
             try:
-                answer = RoundTripResponse.model_validate_json(result.body)
-                theirs = self.behavior.validate(answer.state)
-            except (ValidationError, InvalidState, ValueError) as e:
+                theirs = self.behavior.validate(decode_response(result.body).state)
+            except (BadBody, InvalidState) as e:
                 log.info("node %s: bad answer from %s: %s", self.config.node, peer_name, e)
                 reason = "rejected"
         if not hinted:
@@ -431,11 +422,3 @@ class Node:
             "summary": summary,
             "edges": [{"to": to, "outcome": o, "at": at} for to, (o, at) in self.edges.items()],
         }
-
-
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors()[:5]:
-        where = ".".join(str(p) for p in item["loc"]) or "body"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)

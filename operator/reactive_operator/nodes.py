@@ -60,16 +60,10 @@ class NodeClient:
         self, ip: str, *, loop: str, state: Mapping[str, Any], hmac_key: bytes | None
     ) -> InjectResult:
         """Round-trip `state` to the node as sender `reactive-loop-operator`."""
-        request = codec.RoundTripRequest.model_validate(
-            {
-                "loop": loop,
-                "from": c.OPERATOR_SENDER,
-                "boot": self.boot,
-                "seq": next(self._seq),
-                "state": dict(state),
-            }
+        request = codec.make_request(
+            loop, c.OPERATOR_SENDER, self.boot, next(self._seq), dict(state)
         )
-        body = codec.encode_request(request)
+        body = codec.encode(request)
         headers = {"Content-Type": "application/json"}
         if hmac_key is not None:
             headers[c.SIGNATURE_HEADER] = codec.sign(hmac_key, body)

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from reactive_node.app import NODE_KEY, create_app
-from reactive_node.config import NodeConfig
+from reactive_node.config import make_config
 from reactive_node.node import Node
 from reactive_node.store import MemoryStore
 
@@ -51,7 +51,7 @@ async def node_factory() -> AsyncIterator[MakeNode]:
         store = store or MemoryStore()
         registry = CollectorRegistry()
         defaults = {"loop": LOOP, "ordinal": 1, "replicas": len(settings.get("peers") or ()) or 3}  # type: ignore[arg-type]
-        config = NodeConfig.model_validate({**defaults, **settings})
+        config = make_config({**defaults, **settings})
         app = create_app(config, store, registry, run_loop=run_loop)
         port = config.port if "port" in settings else None
         client = TestClient(TestServer(app, host="127.0.0.1", port=port))

@@ -60,7 +60,7 @@ def test_every_setting_has_an_env_var_and_a_flag() -> None:
     fields = {field for field, *_ in SETTINGS}
     from reactive_node.config import NodeConfig
 
-    assert fields == set(NodeConfig.model_fields)
+    assert fields == set(NodeConfig.__struct_fields__)
     envs = [env for _, env, _, _ in SETTINGS]
     assert all(env.startswith("RL_") for env in envs)
     assert len(set(envs)) == len(envs)

@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from reactive_node import contract
 from reactive_node.app import NODE_KEY, create_app
-from reactive_node.config import NodeConfig
+from reactive_node.config import make_config
 from reactive_node.local import free_ports, set_target
 from reactive_node.store import MemoryStore
 
@@ -23,7 +23,7 @@ async def start(app: web.Application, port: int) -> web.AppRunner:
 
 
 def node_app(ordinal: int, addresses: list[str]) -> web.Application:
-    config = NodeConfig.model_validate(
+    config = make_config(
         {"loop": "inject", "ordinal": ordinal, "peers": tuple(addresses), "interval": 60}
     )
     return create_app(config, MemoryStore(), CollectorRegistry(), run_loop=False)
