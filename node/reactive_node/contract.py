@@ -71,6 +71,8 @@ ENV_TOKEN_LOSS_TIMEOUT: Final = "RL_TOKEN_LOSS_TIMEOUT"
 ENV_TOKEN_WEBHOOK: Final = "RL_TOKEN_WEBHOOK"  # URL; POST {node, epoch, event}
 ENV_HMAC_KEY: Final = "RL_HMAC_KEY"  # from the loop's Secret when auth is on
 HMAC_SECRET_KEY: Final = "hmac-key"  # key inside the per-loop Secret
+#: The cluster CA a pod's ServiceAccount volume holds (the API server's issuer).
+SERVICE_ACCOUNT_CA: Final = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 # --- metrics (node) ----------------------------------------------------------
 # Every node metric has the labels {loop, node}; listed extra labels follow.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from reactive_node import contract as c
@@ -108,6 +109,22 @@ def test_token_and_hmac_env() -> None:
     assert env[c.ENV_TOKEN_HOLD] == "1.5"
     assert env[c.ENV_TOKEN_WEBHOOK] == "http://10.0.0.1:9000/fence"
     assert env[c.ENV_HMAC_KEY] == {"secretKeyRef": {"name": "demo-hmac", "key": c.HMAC_SECRET_KEY}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "cluster_ca_only"),
+    [
+        ({}, True),
+        ({"behavior": "token", "token": {"webhook": "http://fence.ns:9000/f"}}, True),
+        ({"behavior": "token", "token": {"webhook": "HTTPS://fence.example/f"}}, False),
+    ],
+)
+def test_nodes_trust_only_the_cluster_ca_unless_a_webhook_needs_more(
+    spec: dict[str, Any], cluster_ca_only: bool
+) -> None:
+    env = env_of(builders.pod(OWNER, parse_spec(spec), 0, DEFAULTS))
+    assert (env.get("SSL_CERT_FILE") == c.SERVICE_ACCOUNT_CA) is cluster_ca_only
+    assert ("SSL_CERT_FILE" in env) is cluster_ca_only
 
 
 def test_spec_hash_ignores_replicas_and_target_but_not_timings() -> None:
