@@ -78,6 +78,9 @@ test: system-deps venv tools lint typecheck ## everything: lint, types, all test
 # ---------------------------------------------------------------- local cluster
 .PHONY: cluster-up
 cluster-up: venv tools system-deps ## start the local Kubernetes cluster (.local-cluster/)
+	@# Pods run as a non-root user and cannot write bytecode next to the
+	@# sources: compile it here so that no node process compiles at start.
+	$(PY) -m compileall -q node/reactive_node operator/reactive_operator
 	PYTHONPATH=tests $(PY) -m localcluster up
 
 .PHONY: cluster-down

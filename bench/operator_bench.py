@@ -14,6 +14,11 @@ namespace) so that its resident memory can be read from /proc.
   the bench also counts the bench pods whose resourceVersion moved in the
   window: any write to a pod (a node's state PATCH included) moves it.
 * rss: the operator's VmRSS while it manages `--loops` small loops.
+* cpu: where the CPU went between the apply and all N looping: the CPU
+  seconds of each control-plane process (pid files of the local cluster),
+  of the processes the kubelet ran and reaped (ip, iptables, mount), of the
+  operator and of the N node processes, against what the machine's cores
+  could give in that time.
 
     python bench/operator_bench.py --nodes 10 50 --loops 20 --json
 """
@@ -40,6 +45,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "charts" / "reactive-loop" / "crds" / "reactiveloops.yaml"
 KUBECONFIG = ROOT / ".local-cluster" / "kubeconfig"
+PIDS = ROOT / ".local-cluster" / "pids"
+TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 
 
@@ -120,18 +127,66 @@ def pod_versions(ns: str) -> dict[str, str]:
     return {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in pods}
 
 
-def measure_apply(ns: str, name: str, n: int) -> dict[str, float]:
-    """Apply a loop of `n` nodes; seconds until Running, all looping, Converged."""
+def _cpu_of(pid: int, *, reaped_children: bool = False) -> float:
+    """CPU seconds of a process (or of its reaped children); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    first = 13 if reaped_children else 11  # cutime+cstime, else utime+stime
+    return (int(fields[first]) + int(fields[first + 1])) / TICKS
+
+
+def _node_pids(ns: str, name: str) -> list[int]:
+    """Node processes of loop `name`: their environment names the loop and namespace."""
+    want = {f"RL_LOOP={name}".encode(), f"RL_NAMESPACE={ns}".encode()}
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = set((entry / "environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if want <= env:
+            pids.append(int(entry.name))
+    return pids
+
+
+def cpu_snapshot(operator_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the control plane, the kubelet's reaped children and the operator."""
+    out = {"operator": _cpu_of(operator_pid)}
+    for pidfile in sorted(PIDS.glob("*.pid")):
+        pid = int(json.loads(pidfile.read_text())["pid"])
+        out[pidfile.stem] = _cpu_of(pid)
+        if pidfile.stem == "kubelet":
+            out["kubelet children (ip, iptables, ...)"] = _cpu_of(pid, reaped_children=True)
+    return out
+
+
+def measure_apply(
+    ns: str, name: str, n: int, operator_pid: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Apply a loop of `n` nodes; seconds until Running, all looping, Converged,
+    and the CPU seconds spent by each part until all were looping."""
     out: dict[str, float] = {}
+    before = cpu_snapshot(operator_pid)
     started = time.monotonic()
     kubectl("apply", "-n", ns, "-f", "-", stdin=loop_manifest(name, n))
     wait_for(lambda: pods_running(ns, name, n), 300, f"{n} pods Running", 0.1)
     out[f"apply_to_pods_running_s_n{n}"] = round(time.monotonic() - started, 2)
     wait_for(lambda: all_looping(ns, name, n), 300, f"{n} looping", 0.1)
-    out[f"apply_to_all_looping_s_n{n}"] = round(time.monotonic() - started, 2)
+    elapsed = time.monotonic() - started
+    out[f"apply_to_all_looping_s_n{n}"] = round(elapsed, 2)
+    after = cpu_snapshot(operator_pid)
+    nodes = _node_pids(ns, name)
+    cpu = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+    cpu[f"{len(nodes)} node processes"] = round(sum(_cpu_of(p) for p in nodes), 2)
+    cpu["total"] = round(sum(cpu.values()), 2)
+    cpu["available (cores x seconds)"] = round((os.cpu_count() or 1) * elapsed, 2)
     wait_for(lambda: converged(ns, name), 300, f"{n} converged", 0.1)
     out[f"apply_to_converged_s_n{n}"] = round(time.monotonic() - started, 2)
-    return out
+    return out, cpu
 
 
 def rss_mb(pid: int) -> float:
@@ -193,7 +248,9 @@ def main() -> int:
         results["cpus"] = os.cpu_count()
         for n in args.nodes:
             name = f"n{n}"
-            results.update(measure_apply(ns, name, n))
+            times, cpu = measure_apply(ns, name, n, proc.pid)
+            results.update(times)
+            results[f"cpu_seconds_apply_to_all_looping_n{n}"] = cpu
             results[f"load_average_1m_after_n{n}"] = os.getloadavg()[0]
 
         time.sleep(5)  # let the last round of state writes settle
