@@ -50,6 +50,11 @@ class OperatorConfig:
     identity: str = field(default_factory=lambda: os.uname().nodename)
     """Holder identity written into the Lease (`RLO_IDENTITY`, default the host name)."""
 
+    pod_uid: str | None = None
+    """UID of the operator's own pod (`RLO_POD_UID`, the chart sets it); when set,
+    the Lease this replica writes is owned by its pod, so the garbage collector
+    removes it once that pod is gone (an uninstall leaves no Lease behind)."""
+
     leader_election: bool = True
     """Whether to elect a leader through the Lease (`RLO_LEADER_ELECTION`)."""
 
@@ -116,6 +121,7 @@ def load(env: Mapping[str, str]) -> OperatorConfig:
         lease_namespace=env.get(p + "LEASE_NAMESPACE", defaults.lease_namespace),
         lease_seconds=_number(env, p + "LEASE_SECONDS", defaults.lease_seconds, 2),
         identity=env.get(p + "IDENTITY") or defaults.identity,
+        pod_uid=env.get(p + "POD_UID") or None,
         leader_election=election in ("true", "1", "yes"),
         scraper_namespace_labels=_labels(
             env.get(p + "SCRAPER_NAMESPACE_LABELS", ""), p + "SCRAPER_NAMESPACE_LABELS"

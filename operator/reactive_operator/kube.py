@@ -280,8 +280,12 @@ class Kube:
         duration_seconds: int,
         now: datetime,
         previous: LeaseRecord | None,
+        owner_pod: tuple[str, str] | None = None,
     ) -> bool:
-        """Create or take/renew the Lease; False if someone else wrote it first."""
+        """Create or take/renew the Lease; False if someone else wrote it first.
+
+        With `owner_pod` (name, uid) the Lease is owned by that pod (the writer's
+        own), so it is garbage-collected once the pod is gone."""
         transitions = 0 if previous is None else previous.transitions
         taking = previous is None or previous.holder != holder
         if previous is not None and taking:
@@ -293,6 +297,13 @@ class Kube:
                 name=name,
                 namespace=ns,
                 resource_version=None if previous is None else previous.resource_version,
+                owner_references=None
+                if owner_pod is None
+                else [
+                    client.V1OwnerReference(
+                        api_version="v1", kind="Pod", name=owner_pod[0], uid=owner_pod[1]
+                    )
+                ],
             ),
             spec=client.V1LeaseSpec(
                 holder_identity=holder,

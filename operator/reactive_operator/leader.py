@@ -38,6 +38,7 @@ class Elector:
         name: str,
         identity: str,
         duration: float,
+        owner_uid: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.kube = kube
@@ -47,6 +48,8 @@ class Elector:
         self.duration = max(2, int(duration))
         self.clock = clock
         self.leading = False
+        # The Lease is owned by this replica's pod when it runs in one (see config.pod_uid).
+        self.owner_pod = None if owner_uid is None else (identity, owner_uid)
 
     async def try_once(self) -> bool:
         """One attempt to acquire or renew; True if we hold the Lease afterwards."""
@@ -61,6 +64,7 @@ class Elector:
             duration_seconds=self.duration,
             now=now,
             previous=record,
+            owner_pod=self.owner_pod,
         )
 
     async def acquire(self, stop: asyncio.Event) -> bool:
@@ -118,6 +122,7 @@ class Elector:
                     duration_seconds=self.duration,
                     now=self.clock(),
                     previous=record,
+                    owner_pod=self.owner_pod,
                 )
         except KubeError as e:
             log.warning("releasing lease: %s", e)

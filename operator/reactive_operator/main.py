@@ -110,6 +110,7 @@ async def run(cfg: OperatorConfig) -> int:
                     name=cfg.lease_name,
                     identity=cfg.identity,
                     duration=cfg.lease_seconds,
+                    owner_uid=cfg.pod_uid,
                 )
                 health.phase = "standby"
                 if not await elector.acquire(stop):

@@ -2,7 +2,8 @@
 
 A release of its own (not the session's operator), in a fresh namespace:
 install, run a loop, delete it (its children are garbage-collected), uninstall
-(every object labelled with the release goes, cluster-scoped RBAC included),
+(every object labelled with the release goes, cluster-scoped RBAC included,
+and the leader-election Lease with the operator pod that owned it),
 then create and delete a loop while no operator runs (no finalizer, no hang).
 """
 
@@ -79,6 +80,16 @@ def test_helm_uninstall_leaves_nothing_behind(cluster: Cluster, crd: str, namesp
 
         obj = cluster.wait_for(looping, timeout=120, what="2 nodes looping")
         assert not obj["metadata"].get("finalizers")
+        # The leader-election Lease is owned by the operator pod that holds it.
+        lease = cluster.get("lease", f"{release}-reactive-loop", namespace)
+        assert lease is not None
+        holder = lease["spec"]["holderIdentity"]
+        owners = lease["metadata"].get("ownerReferences") or []
+        pod = cluster.get("pod", holder, namespace)
+        assert pod is not None, f"the Lease holder {holder!r} is not a pod of the release"
+        assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
+            ("Pod", holder, pod["metadata"]["uid"])
+        ]
         children = _names(
             cluster, CHILD_KINDS, f"reactive-loop.dev/loop={name}", namespace=namespace
         )
@@ -114,10 +125,12 @@ def test_helm_uninstall_leaves_nothing_behind(cluster: Cluster, crd: str, namesp
     )
     for kind in ("clusterrole", "clusterrolebinding"):
         assert cluster.get(kind, f"{release}-reactive-loop-discovery") is None
-    # The Lease is written by the operator, not by the chart: it stays behind,
-    # unlabelled, in the release namespace (docs/operator.md says how to remove it).
-    cluster.kubectl(
-        "delete", "lease", f"{release}-reactive-loop", "-n", namespace, "--ignore-not-found"
+    # The Lease is written by the operator, not by the chart: the garbage
+    # collector removes it with the operator pod that owned it.
+    cluster.wait_for(
+        lambda: cluster.get("lease", f"{release}-reactive-loop", namespace) is None,
+        timeout=60,
+        what="the operator's Lease garbage-collected",
     )
 
     # No operator runs now: a loop can still be created and deleted at once.
