@@ -342,7 +342,7 @@ class Node:
         if reason is None:
             try:
                 theirs = self.behavior.validate(decode_response(result.body).state)
-            except (BadBody, InvalidState) as e:
+            except ValueError as e:  # BadBody, InvalidState, or a custom behaviour's own
                 log.info("node %s: bad answer from %s: %s", self.config.node, peer_name, e)
                 reason = "rejected"
         if not hinted:
