@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -17,6 +18,7 @@ from .behaviors.base import State, canonical
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
+T = TypeVar("T")
 
 
 class BadBody(ValueError):
@@ -45,26 +47,27 @@ class RoundTripResponse(
     state: dict[str, Any]
 
 
-_decode_request = msgspec.json.Decoder(RoundTripRequest).decode
-_decode_response = msgspec.json.Decoder(RoundTripResponse).decode
 #: Compact JSON of any JSON-like value or of the structs above.
 encode = msgspec.json.Encoder().encode
 
 
-def decode_request(body: bytes) -> RoundTripRequest:
-    """Parse and check a round-trip request body; raises BadBody."""
-    try:
-        return _decode_request(body)
-    except msgspec.DecodeError as e:
-        raise BadBody(str(e)) from None
+def _checked(kind: type[T]) -> Callable[[bytes], T]:
+    """A decoder of JSON bytes into `kind` that raises BadBody for any problem."""
+    decode = msgspec.json.Decoder(kind).decode
+
+    def checked(body: bytes) -> T:
+        try:
+            return decode(body)
+        except msgspec.DecodeError as e:
+            raise BadBody(str(e)) from None
+
+    return checked
 
 
-def decode_response(body: bytes) -> RoundTripResponse:
-    """Parse and check the body of a `200` answer; raises BadBody."""
-    try:
-        return _decode_response(body)
-    except msgspec.DecodeError as e:
-        raise BadBody(str(e)) from None
+#: Parse and check a round-trip request body; raises BadBody.
+decode_request = _checked(RoundTripRequest)
+#: Parse and check the body of a `200` answer; raises BadBody.
+decode_response = _checked(RoundTripResponse)
 
 
 def make_request(loop: str, sender: str, boot: int, seq: int, state: State) -> RoundTripRequest:

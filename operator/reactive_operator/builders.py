@@ -216,12 +216,6 @@ def _seconds(value: float) -> str:
     return format(value, "g")
 
 
-def uses_public_tls(spec: LoopSpec) -> bool:
-    """Whether the nodes call an https URL other than the API server (a token webhook)."""
-    webhook = spec.token.webhook if (spec.is_token or not spec.is_converge) else None
-    return bool(webhook) and str(webhook).lower().startswith("https:")
-
-
 def node_env(owner: Owner, spec: LoopSpec, ordinal: int) -> list[dict[str, Any]]:
     """The node's configuration (`reactive-loop node` reads RL_*)."""
     name = pod_name(owner.name, ordinal)
@@ -243,6 +237,7 @@ def node_env(owner: Owner, spec: LoopSpec, ordinal: int) -> list[dict[str, Any]]
         {"name": c.ENV_MAX_BACKOFF, "value": _seconds(spec.loop.max_backoff)},
         {"name": c.ENV_RING_SKIP, "value": str(spec.loop.ring_skip)},
     ]
+    webhook = ""  # the one URL a node may call besides its peers and the API server
     if spec.is_token or not spec.is_converge:
         env += [
             {"name": c.ENV_TOKEN_HOLD, "value": _seconds(spec.token.hold_seconds)},
@@ -250,7 +245,8 @@ def node_env(owner: Owner, spec: LoopSpec, ordinal: int) -> list[dict[str, Any]]
         ]
         if spec.token.webhook:
             env.append({"name": c.ENV_TOKEN_WEBHOOK, "value": spec.token.webhook})
-    if not uses_public_tls(spec):
+            webhook = spec.token.webhook
+    if not webhook.lower().startswith("https:"):
         # The node's only TLS peer is then the API server, so it trusts just the
         # cluster CA; this also spares every node process ~0.1 s of CPU at start
         # (aiohttp builds its default TLS contexts from the trust store on import).

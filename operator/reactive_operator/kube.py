@@ -41,16 +41,8 @@ class Conflict(KubeError):
 
 
 def _translate(e: ApiException) -> KubeError:
-    body = str(e.body or e.reason or "")
-    with contextlib.suppress(ValueError, AttributeError):
-        body = str(json.loads(body).get("message", body))
-    body = body[:_BODY_LIMIT]
-    status = int(e.status or 0)
-    if status == 404:
-        return NotFound(status, body)
-    if status == 409:
-        return Conflict(status, body)
-    return KubeError(status, body)
+    body = e.body or e.reason or ""
+    return _error(int(e.status or 0), body if isinstance(body, bytes) else str(body).encode())
 
 
 async def _call(coro: Awaitable[Any]) -> Any:

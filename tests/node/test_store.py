@@ -183,21 +183,19 @@ async def test_pod_store_conflict_rereads(
     assert pod_annotations(km)[contract.STATE_ANNOTATION] == '{"generation":9,"target":"t9"}'
 
 
+#: The node of these tests: demo-1 of three, on the pod store.
+CONFIG = NodeConfig(loop="demo", ordinal=1, replicas=3, store="pod", namespace=NS, pod_name=POD)
+
+
 def make_node(store: PodStore, registry: CollectorRegistry) -> Any:
-    config = NodeConfig(loop="demo", ordinal=1, replicas=3, store="pod", namespace=NS, pod_name=POD)
-    return create_app(config, store, registry, run_loop=False)
+    return create_app(CONFIG, store, registry, run_loop=False)
 
 
 async def roundtrip(c: TestClient[Any, Any], seq: int, generation: int, target: str) -> Any:
     r = await c.post(
         contract.ROUNDTRIP_PATH,
-        json={
-            "loop": "demo",
-            "from": "demo-0",
-            "boot": 1,
-            "seq": seq,
-            "state": {"generation": generation, "target": target},
-        },
+        data=request(seq, generation, target),
+        headers={"Content-Type": "application/json"},
     )
     return r.status, await r.json()
 
@@ -207,7 +205,7 @@ async def test_node_on_the_pod_store_redecides_after_a_conflict(
 ) -> None:
     km, api = emulator
     registry = CollectorRegistry()
-    config = NodeConfig(loop="demo", ordinal=1, replicas=3, store="pod", namespace=NS, pod_name=POD)
+    config = CONFIG
     # No watch running here, so the node cannot have heard of the edit below.
     node = Node(config, Converge(), PodStore(NS, POD, api=api), metrics(config, registry))
     await node.start()
