@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Build the local cluster's binaries from their Go modules (through the Go
-# module proxy) into a cache outside the repository:
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, helm
+# Build the clusters' binaries from their Go modules (through the Go module
+# proxy) into a cache outside the repository:
+#   local cluster: kube-apiserver, kube-controller-manager, kube-scheduler,
+#                  kubectl, etcd, helm, prometheus, promtool
+#   kind:          kind, kubelet, kubeadm, kube-proxy, coredns,
+#                  kube-network-policies (the node image's parts)
 # Each tool gets its own throw-away Go module under the cache, so the k8s.io
 # minor version each needs never has to agree. A warm cache returns at once.
 set -euo pipefail
@@ -18,12 +21,15 @@ log() { printf '[build-tools] %s\n' "$*" >&2; }
 
 stamp_ok() { [[ -x "$BIN/$1" && -f "$BIN/.$1.version" && "$(cat "$BIN/.$1.version")" == "$2" ]]; }
 
+KUBE_CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+KUBE_NODE=(kubelet kubeadm kube-proxy)
+
+# Build the named k8s.io/kubernetes commands; those already built at this
+# version are skipped, and one module (and Go build cache) serves them all.
 build_kubernetes() {
-  local want="$K8S_VERSION"
-  if stamp_ok kube-apiserver "$want" && stamp_ok kube-controller-manager "$want" \
-     && stamp_ok kube-scheduler "$want" && stamp_ok kubectl "$want"; then
-    return 0
-  fi
+  local want="$K8S_VERSION" b todo=()
+  for b in "$@"; do stamp_ok "$b" "$want" || todo+=("$b"); done
+  [[ ${#todo[@]} -eq 0 ]] && return 0
   local dir="$SRC/kubernetes-$want"
   mkdir -p "$dir"
   local staging=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go
@@ -42,28 +48,35 @@ build_kubernetes() {
     echo "replace ("
     for m in "${staging[@]}"; do echo "	k8s.io/$m => k8s.io/$m $K8S_STAGING_VERSION"; done
     echo ")"
-  } > "$dir/go.mod"
-  cat > "$dir/tools.go" <<'GO'
+  } > "$dir/go.mod.want"
+  cat > "$dir/tools.go.want" <<'GO'
 //go:build tools
 
 package tools
 
 import (
+	_ "k8s.io/kubectl/pkg/cmd"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	_ "k8s.io/kubernetes/cmd/kube-proxy/app"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler/app"
-	_ "k8s.io/kubectl/pkg/cmd"
+	_ "k8s.io/kubernetes/cmd/kubeadm/app"
+	_ "k8s.io/kubernetes/cmd/kubelet/app"
 )
 GO
-  log "resolving k8s.io/kubernetes $want"
-  (cd "$dir" && go mod tidy -e >/dev/null 2>"$dir/tidy.log" || { cat "$dir/tidy.log" >&2; exit 1; })
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $want (cold: many minutes)"
+  # Resolve once per version (the files only change with this script).
+  if ! cmp -s "$dir/tools.go.want" "$dir/tools.go" || [[ ! -f $dir/go.sum ]]; then
+    cp "$dir/go.mod.want" "$dir/go.mod"; cp "$dir/tools.go.want" "$dir/tools.go"
+    log "resolving k8s.io/kubernetes $want"
+    (cd "$dir" && go mod tidy -e >/dev/null 2>"$dir/tidy.log" || { cat "$dir/tidy.log" >&2; exit 1; })
+  fi
+  log "building ${todo[*]} $want (cold: many minutes)"
   local ld="-s -w -X k8s.io/component-base/version.gitVersion=$want -X k8s.io/client-go/pkg/version.gitVersion=$want -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$want" | cut -d. -f2)"
+  local pkgs=()
+  for b in "${todo[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
   mkdir -p "$dir/out"
-  (cd "$dir" && go build -trimpath -ldflags "$ld" -o out/ \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  (cd "$dir" && go build -trimpath -ldflags "$ld" -o out/ "${pkgs[@]}")
+  for b in "${todo[@]}"; do
     install -m 0755 "$dir/out/$b" "$BIN/$b"; echo "$want" > "$BIN/.$b.version"
   done
 }
@@ -127,15 +140,50 @@ build_prometheus() {
   done
 }
 
+# kind itself: the CLI that makes clusters of node containers.
+build_kind() {
+  local want="$KIND_VERSION"
+  stamp_ok kind "$want" && return 0
+  log "building kind $want"
+  GOBIN="$SRC/kind-$want" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kind@$want"
+  install -m 0755 "$SRC/kind-$want/kind" "$BIN/kind"; echo "$want" > "$BIN/.kind.version"
+}
+
+# CoreDNS at the version kubeadm $K8S_VERSION deploys (its image is built here).
+build_coredns() {
+  local want="$COREDNS_VERSION"
+  stamp_ok coredns "$want" && return 0
+  log "building coredns $want"
+  GOBIN="$SRC/coredns-$want" go install -trimpath \
+    -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$want" \
+    "github.com/coredns/coredns@$want"
+  install -m 0755 "$SRC/coredns-$want/coredns" "$BIN/coredns"; echo "$want" > "$BIN/.coredns.version"
+}
+
+# The NetworkPolicy enforcer that kind's kindnetd embeds.
+build_kube_network_policies() {
+  local want="$KUBE_NETWORK_POLICIES_VERSION"
+  stamp_ok kube-network-policies "$want" && return 0
+  log "building kube-network-policies $want"
+  GOBIN="$SRC/kube-network-policies-$want" go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/kube-network-policies/cmd@$want"
+  install -m 0755 "$SRC/kube-network-policies-$want/cmd" "$BIN/kube-network-policies"
+  echo "$want" > "$BIN/.kube-network-policies.version"
+}
+
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(etcd helm kubernetes prometheus)
 for t in "${targets[@]}"; do
   case "$t" in
-    kubernetes) build_kubernetes ;;
+    kubernetes) build_kubernetes "${KUBE_CONTROL_PLANE[@]}" ;;
+    kind) build_kind ;;
+    # What a kind node image holds, built here where no registry serves it.
+    kind-node) build_kubernetes "${KUBE_CONTROL_PLANE[@]}" "${KUBE_NODE[@]}"
+               build_etcd; build_coredns; build_kube_network_policies ;;
     etcd) build_etcd ;;
     helm) build_helm ;;
     prometheus) build_prometheus ;;
-    *) log "unknown tool: $t (want kubernetes, etcd, helm or prometheus)"; exit 2 ;;
+    *) log "unknown tool: $t (want kubernetes, etcd, helm, prometheus, kind or kind-node)"; exit 2 ;;
   esac
 done
 log "tools ready in $BIN"

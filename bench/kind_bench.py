@@ -1,0 +1,249 @@
+"""Node pods on the kind cluster of the quickstart (`make kind-up deploy`).
+
+For each N: a converge mesh loop of N nodes in a fresh namespace, with the
+timings of bench/operator_bench.py, then
+* apply → all pods Running, → all N looping (status.looping, as the
+  operator reads it from the nodes), → Converged;
+* per pod, create → Ready with real containers: a `kubectl get pods --watch`
+  stream stamped on arrival (the API's own timestamps have 1 s resolution);
+* node container memory once all loop: `ctr task metrics` inside the kind
+  node for each node container (cgroup usage, RSS and working set).
+
+    .venv/bin/python bench/kind_bench.py --nodes 10 50 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+TOOLS = Path(os.environ.get("RL_CACHE", Path.home() / ".cache" / "reactive-loop")) / "bin"
+ENV = {**os.environ, "PATH": f"{TOOLS}:{os.environ['PATH']}"}
+
+
+def kubectl(context: str, *args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(
+        ["kubectl", "--context", context, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise TimeoutError(f"{what}: not within {timeout}s")
+
+
+class PodWatch:
+    """Arrival times of each pod's first sighting and first Ready=True."""
+
+    def __init__(self, context: str, namespace: str) -> None:
+        self.created: dict[str, float] = {}
+        self.ready: dict[str, float] = {}
+        self.proc = subprocess.Popen(
+            [
+                "kubectl",
+                "--context",
+                context,
+                "-n",
+                namespace,
+                "get",
+                "pods",
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        decoder = json.JSONDecoder()
+        buffer = ""
+        for line in self.proc.stdout:
+            buffer += line
+            try:
+                event, end = decoder.raw_decode(buffer.lstrip())
+            except json.JSONDecodeError:
+                continue
+            buffer = buffer.lstrip()[end:]
+            now = time.monotonic()
+            pod = event.get("object", {})
+            name = pod.get("metadata", {}).get("name")
+            if not name:
+                continue
+            self.created.setdefault(name, now)
+            conds = pod.get("status", {}).get("conditions") or []
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                self.ready.setdefault(name, now)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def container_memory(context: str, namespace: str, name: str) -> list[dict[str, float]]:
+    pods = json.loads(
+        kubectl(
+            context,
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            f"reactive-loop.dev/loop={name}",
+            "-o",
+            "json",
+        )
+    )["items"]
+    out = []
+    for pod in pods:
+        cid = pod["status"]["containerStatuses"][0]["containerID"].split("://")[-1]
+        text = subprocess.run(
+            [
+                "docker",
+                "exec",
+                pod["spec"]["nodeName"],
+                "ctr",
+                "-n",
+                "k8s.io",
+                "task",
+                "metrics",
+                cid,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        metrics: dict[str, float] = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                metrics[parts[0]] = float(parts[1])
+        usage = metrics.get("memory.usage_in_bytes", metrics.get("memory.usage", 0.0))
+        inactive = metrics.get(
+            "memory.stat.total_inactive_file", metrics.get("memory.stat.inactive_file", 0.0)
+        )
+        out.append(
+            {
+                "usage_mib": usage / 2**20,
+                "rss_mib": metrics.get("memory.stat.rss", metrics.get("memory.stat.anon", 0.0))
+                / 2**20,
+                "working_set_mib": (usage - inactive) / 2**20,
+            }
+        )
+    return out
+
+
+def run(context: str, n: int) -> dict[str, Any]:
+    ns = f"bench-{n}-{secrets.token_hex(2)}"
+    name = "bench"
+    kubectl(context, "create", "namespace", ns)
+    watch = PodWatch(context, ns)
+    manifest = yaml.safe_dump(
+        {
+            "apiVersion": "reactive-loop.dev/v1alpha1",
+            "kind": "ReactiveLoop",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": n,
+                "topology": "mesh",
+                "target": {"bench": name},
+                "loop": {"interval": 2, "timeout": 1.5, "maxBackoff": 4},
+            },
+        }
+    )
+    try:
+        t0 = time.monotonic()
+        kubectl(context, "apply", "-n", ns, "-f", "-", stdin=manifest)
+
+        def status() -> dict[str, Any]:
+            obj = json.loads(kubectl(context, "get", "rloop", name, "-n", ns, "-o", "json"))
+            return dict(obj.get("status") or {})
+
+        wait_for(lambda: len(watch.ready) >= n, 600, "all pods Ready")
+        t_ready = time.monotonic() - t0
+        wait_for(lambda: status().get("looping") == n, 600, "all looping")
+        t_looping = time.monotonic() - t0
+        wait_for(
+            lambda: any(
+                c["type"] == "Converged" and c["status"] == "True"
+                for c in status().get("conditions") or []
+            ),
+            600,
+            "Converged",
+        )
+        t_converged = time.monotonic() - t0
+        per_pod = [watch.ready[p] - watch.created[p] for p in watch.ready]
+        memory = container_memory(context, ns, name)
+        return {
+            "nodes": n,
+            "apply_to_all_ready_s": round(t_ready, 2),
+            "apply_to_all_looping_s": round(t_looping, 2),
+            "apply_to_converged_s": round(t_converged, 2),
+            "pod_create_to_ready_p50_s": round(statistics.median(per_pod), 2),
+            "pod_create_to_ready_p99_s": round(percentile(per_pod, 0.99), 2),
+            "node_container_working_set_mib_median": round(
+                statistics.median(m["working_set_mib"] for m in memory), 1
+            ),
+            "node_container_rss_mib_median": round(
+                statistics.median(m["rss_mib"] for m in memory), 1
+            ),
+        }
+    finally:
+        watch.stop()
+        kubectl(context, "delete", "namespace", ns, "--wait=true", "--timeout=300s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--context", default="kind-reactive-loop")
+    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = [run(args.context, n) for n in args.nodes]
+    load = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps({"load_1m": round(load, 2), "runs": results}, indent=2))
+    else:
+        for r in results:
+            print(r)
+
+
+if __name__ == "__main__":
+    main()
