@@ -339,6 +339,16 @@ def pod(owner: Owner, spec: LoopSpec, ordinal: int, defaults: NodeDefaults) -> M
         },
         "containers": [_container(owner, spec, ordinal, defaults)],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
+        # A loop survives losing a machine only if its nodes are not all on
+        # it: spread them over hosts, softly, so a one-node cluster still runs.
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector_labels(owner.name)},
+            }
+        ],
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)

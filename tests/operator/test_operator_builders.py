@@ -168,3 +168,16 @@ def test_selector_string_matches_labels() -> None:
     sel = builders.selector("demo")
     parsed = dict(part.split("=") for part in sel.split(","))
     assert parsed == builders.selector_labels("demo")
+
+
+def test_pods_of_a_loop_spread_over_hosts_softly() -> None:
+    spec = parse_spec({"replicas": 3, "target": {"a": 1}})
+    pod = builders.pod(OWNER, spec, 1, DEFAULTS)
+    [spread] = pod["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["maxSkew"] == 1
+    # Soft: a one-node cluster still runs every node of the loop.
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    # It counts exactly this loop's node pods, those the Service selects.
+    assert spread["labelSelector"]["matchLabels"] == builders.selector_labels(OWNER.name)
+    assert builders.service(OWNER)["spec"]["selector"] == builders.selector_labels(OWNER.name)
