@@ -136,7 +136,9 @@ kind-tools: ## build kind, kubectl and helm from their Go modules (cached)
 kind-up: docker kind-tools ## create the kind cluster of kind-config.yaml (1 control plane, 2 workers)
 	@node_image="$(strip $(KIND_NODE_IMAGE))"; \
 	if kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then echo "kind cluster $(KIND_CLUSTER) exists"; exit 0; fi; \
-	if [ -n "$$node_image" ]; then bash hack/kind/node-image.sh "$$node_image"; fi; \
+	if [ -n "$$node_image" ]; then \
+	  bash hack/build-tools.sh kind-node && KIND_NODE_IMAGE="$$node_image" bash hack/kind/node-image.sh >/dev/null || exit 1; \
+	fi; \
 	set -x; kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml $${node_image:+--image $$node_image} --wait 180s
 	kubectl --context $(KIND_CONTEXT) get nodes -o wide
 
@@ -147,7 +149,7 @@ kind-down: ## delete the kind cluster (and stop the private Docker daemon if one
 
 .PHONY: images
 images: docker ## build the node and operator images (docker)
-	bash hack/kind/python-base.sh
+	bash hack/kind/python-base.sh >/dev/null
 	docker build $(DOCKER_BUILD_FLAGS) -f node/Dockerfile -t reactive-loop-node:$(IMAGE_TAG) .
 	docker build $(DOCKER_BUILD_FLAGS) -f operator/Dockerfile -t reactive-loop-operator:$(IMAGE_TAG) .
 

@@ -35,7 +35,7 @@ def make_loop(kind: Kind, namespace: str, name: str = "smoke", replicas: int = 3
               behavior: converge
               topology: ring
               target: {{smoke: "yes"}}
-              loop: {{interval: 0.5, timeout: 0.5, maxBackoff: 4}}
+              loop: {{interval: 1, timeout: 0.5, maxBackoff: 4}}
             """),
         namespace,
     )
