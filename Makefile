@@ -58,6 +58,10 @@ bench-operator: venv ## operator benchmarks on the local cluster: apply→loopin
 	$(MAKE) cluster-up
 	$(PY) bench/operator_bench.py --nodes 10 50 --loops 20 --window 30 --json
 
+.PHONY: bench-kind
+bench-kind: venv ## node pods on the kind cluster (make kind-up deploy): apply→looping N=10/50, create→Ready, memory
+	$(PY) bench/kind_bench.py --context $(KIND_CONTEXT) --nodes 10 50 --json
+
 # ---------------------------------------------------------------- checks
 .PHONY: lint
 lint: venv ## ruff and import layering

@@ -160,14 +160,37 @@ build_coredns() {
   install -m 0755 "$SRC/coredns-$want/coredns" "$BIN/coredns"; echo "$want" > "$BIN/.coredns.version"
 }
 
-# The NetworkPolicy enforcer that kind's kindnetd embeds.
+# The NetworkPolicy enforcer that kind's kindnetd embeds. Where the kernel
+# has no nftables queue expression (quirks.sh: rl_need_xt_nfqueue) it is
+# built from a patched copy of its module instead, see
+# hack/kind/kube-network-policies-xt-nfqueue.patch; the stamp names the patch,
+# so the binary is rebuilt when the patch (or the kernel's need) changes.
 build_kube_network_policies() {
-  local want="$KUBE_NETWORK_POLICIES_VERSION"
+  local want="$KUBE_NETWORK_POLICIES_VERSION" patch="$here/kind/kube-network-policies-xt-nfqueue.patch"
+  # shellcheck source=kind/quirks.sh
+  source "$here/kind/quirks.sh"
+  local patched=""
+  if rl_need_xt_nfqueue; then
+    patched=1; want="$want+xt-nfqueue.$(sha256sum < "$patch" | cut -c1-8)"
+  fi
   stamp_ok kube-network-policies "$want" && return 0
-  log "building kube-network-policies $want"
-  GOBIN="$SRC/kube-network-policies-$want" go install -trimpath -ldflags "-s -w" \
-    "sigs.k8s.io/kube-network-policies/cmd@$want"
-  install -m 0755 "$SRC/kube-network-policies-$want/cmd" "$BIN/kube-network-policies"
+  local out="$SRC/kube-network-policies-$KUBE_NETWORK_POLICIES_VERSION"
+  mkdir -p "$out"
+  if [[ -n $patched ]]; then
+    log "building kube-network-policies $want (patched: this kernel has no nftables queue expression)"
+    local module tree="$out/src"
+    module=$(cd "$out" && go mod download -json "sigs.k8s.io/kube-network-policies@$KUBE_NETWORK_POLICIES_VERSION" \
+      | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [[ -d $module ]] || { log "kube-network-policies: module not downloaded"; exit 1; }
+    rm -rf "$tree"; cp -r "$module" "$tree"; chmod -R u+w "$tree"
+    (cd "$tree" && patch -p1 --quiet < "$patch" \
+      && go build -trimpath -ldflags "-s -w" -o "$out/cmd" ./cmd)
+  else
+    log "building kube-network-policies $want"
+    GOBIN="$out" go install -trimpath -ldflags "-s -w" \
+      "sigs.k8s.io/kube-network-policies/cmd@$KUBE_NETWORK_POLICIES_VERSION"
+  fi
+  install -m 0755 "$out/cmd" "$BIN/kube-network-policies"
   echo "$want" > "$BIN/.kube-network-policies.version"
 }
 

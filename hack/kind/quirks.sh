@@ -49,3 +49,27 @@ rl_registry_reachable() {
   code=$(curl -s -o /dev/null --max-time 8 -w '%{http_code}' https://registry.k8s.io/v2/ || true)
   [[ $code != 000 ]]
 }
+
+# Does this kernel lack nftables' "queue" expression (CONFIG_NFT_QUEUE unset,
+# seen on 6.18 here) while xtables' NFQUEUE target is there? NetworkPolicy
+# enforcement by kube-network-policies queues packets to user space, so its
+# build then gets hack/kind/kube-network-policies-xt-nfqueue.patch. Asked of
+# `nft` in a throw-away network namespace where possible, else of the
+# kernel's config; when neither can tell, the kernel is taken as normal.
+rl_need_xt_nfqueue() {
+  if command -v nft >/dev/null 2>&1 && unshare --net true 2>/dev/null; then
+    ! unshare --net nft -f - >/dev/null 2>&1 <<'NFT'
+table inet rl_queue_probe {
+  chain probe { type filter hook postrouting priority 0; queue num 100 bypass; }
+}
+NFT
+    return
+  fi
+  if [[ -r /proc/config.gz ]]; then
+    local config; config=$(zcat /proc/config.gz)
+    ! grep -qE '^CONFIG_NFT_QUEUE=(y|m)$' <<<"$config" \
+      && grep -qE '^CONFIG_NETFILTER_XT_TARGET_NFQUEUE=(y|m)$' <<<"$config"
+    return
+  fi
+  return 1
+}
