@@ -143,7 +143,10 @@ kind-up: docker kind-tools ## create the kind cluster of kind-config.yaml (1 con
 	if [ -n "$$node_image" ]; then \
 	  bash hack/build-tools.sh kind-node && KIND_NODE_IMAGE="$$node_image" bash hack/kind/node-image.sh >/dev/null || exit 1; \
 	fi; \
-	set -x; kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml $${node_image:+--image $$node_image} --wait 180s
+	set -x; kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml $${node_image:+--image $$node_image} --wait 180s --retain \
+	|| { set +x; echo "kind create failed: logs in $(CACHE)/kind/logs" >&2; kind export logs --name $(KIND_CLUSTER) $(CACHE)/kind/logs >/dev/null 2>&1; \
+	     docker exec $(KIND_CLUSTER)-control-plane journalctl -u kubelet -u containerd --no-pager 2>/dev/null | tail -40 >&2; \
+	     kind delete cluster --name $(KIND_CLUSTER); exit 1; }
 	kubectl --context $(KIND_CONTEXT) get nodes -o wide
 
 .PHONY: kind-down

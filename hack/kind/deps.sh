@@ -13,7 +13,7 @@ if ! timeout 20 docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; 
   want+=(docker.io containerd runc)
 fi
 if ! rl_registry_reachable; then
-  want+=(mmdebstrap containernetworking-plugins pigz uidmap)
+  want+=(mmdebstrap containernetworking-plugins pigz uidmap gcc libc6-dev nftables)
 fi
 missing=()
 for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

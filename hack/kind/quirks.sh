@@ -39,7 +39,10 @@ rl_cgroup_v1() { [[ ! -f /sys/fs/cgroup/cgroup.controllers ]]; }
 # CAP_SYS_RESOURCE; without it every pod sandbox fails ("can't get final
 # child's PID from pipe") because containerd asks for -998 for the pause
 # container. containerd's restrict_oom_score_adj clamps the request instead.
-rl_need_restrict_oom_score_adj() { rl_missing_caps | grep -qx CAP_SYS_RESOURCE; }
+# (A here-string, not a pipe: grep -q may exit before rl_missing_caps has
+# written all its lines, and under pipefail that SIGPIPE made the answer "no"
+# at random.)
+rl_need_restrict_oom_score_adj() { grep -qx CAP_SYS_RESOURCE <<<"$(rl_missing_caps)"; }
 
 # Can this machine pull from the registries kind and the Dockerfiles use?
 # Where it cannot (this project's CI machines reach only package registries),
