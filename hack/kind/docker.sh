@@ -67,7 +67,12 @@ up() {
   fi
   command -v dockerd >/dev/null || { log "no dockerd: run 'make kind-deps' (Debian docker.io)"; exit 1; }
   [[ $(id -u) == 0 ]] || { log "no Docker daemon answers, and starting one needs root"; exit 1; }
-  [[ -S $SOCK ]] && { log "$SOCK exists but does not answer; remove it or start Docker"; exit 1; }
+  if [[ -S $SOCK ]]; then
+    # A socket nobody serves is what a daemon killed without its clean-up
+    # leaves; one that a running dockerd owns is not ours to replace.
+    if pgrep -x dockerd >/dev/null; then log "a dockerd runs but $SOCK does not answer"; exit 1; fi
+    log "removing the stale $SOCK (no dockerd runs)"; rm -f "$SOCK"
+  fi
   mkdir -p "$STATE/data" /run/rl-docker
   local extra=()
   if [[ -n $(rl_missing_caps | grep -x CAP_SYS_RESOURCE || true) ]]; then
