@@ -195,3 +195,24 @@ def test_images_in_the_kind_nodes_are_the_ones_built_here(kind: Kind, image: str
 def test_kind_error_names_the_failing_command(kind: Kind) -> None:
     with pytest.raises(KindError, match="kubectl get nosuchkind"):
         kind.get("nosuchkind")
+
+
+def test_a_node_container_killed_by_the_runtime_is_restarted_and_catches_up(
+    kind: Kind, namespace: str
+) -> None:
+    make_loop(kind, namespace)
+    kind.wait_for(lambda: loop_ready(kind, namespace), 180, what="smoke loop Ready")
+    pod = "smoke-0"
+    before = kind.get("pod", "-n", namespace, pod)["status"]["containerStatuses"][0]
+    node, _ = kind.container_pid(namespace, pod)
+    container_id = str(before["containerID"]).split("://")[-1]
+    # SIGKILL through containerd, as an OOM kill or a crash would end it.
+    kind.node_exec(node, "ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", container_id)
+
+    def restarted() -> bool:
+        s = kind.get("pod", "-n", namespace, pod)["status"]["containerStatuses"][0]
+        return bool(s["restartCount"] > before["restartCount"] and s["ready"])
+
+    kind.wait_for(restarted, 120, what=f"{pod} restarted by the kubelet and ready")
+    obj = kind.wait_for(lambda: loop_ready(kind, namespace), 120, what="smoke loop Ready again")
+    assert obj["status"]["looping"] == 3
