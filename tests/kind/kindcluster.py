@@ -11,10 +11,11 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from localcluster.cluster import wait_for
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ TOOLS_BIN = Path(os.environ.get("RL_CACHE", Path.home() / ".cache" / "reactive-l
 
 
 class KindError(AssertionError):
-    """A kubectl/docker call failed, or a condition did not hold in time."""
+    """A kubectl, helm or docker call failed, or a tool is missing."""
 
 
 def tool(name: str) -> str:
@@ -112,20 +113,8 @@ class Kind:
         interval: float = 0.5,
         what: str = "condition",
     ) -> T:
-        """Poll until `condition` returns something truthy; raise KindError naming `what`."""
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while True:
-            try:
-                value = condition()
-                if value:
-                    return value
-            except Exception as e:  # the condition may race with object creation
-                last = e
-            if time.monotonic() >= deadline:
-                extra = f" (last error: {last})" if last else ""
-                raise KindError(f"timed out after {timeout:g} s waiting for {what}{extra}")
-            time.sleep(interval)
+        """Poll until `condition` returns something truthy (localcluster's poller)."""
+        return wait_for(condition, timeout, interval, what)
 
 
 def condition(obj: dict[str, Any], kind: str) -> str | None:

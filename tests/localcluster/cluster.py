@@ -27,6 +27,33 @@ class WaitTimeout(AssertionError):
     """`Cluster.wait_for` ran out of time; the message names the condition."""
 
 
+def wait_for(
+    condition: Callable[[], T | None],
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
+    """Poll `condition` until it returns something truthy; return that value.
+
+    Raises `WaitTimeout` (an AssertionError) naming `what` and the last
+    exception the condition raised, if any. Shared by every cluster the tests
+    use (this one and kind's).
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as e:  # the condition may race with object creation
+            last_error = e
+        if time.monotonic() >= deadline:
+            extra = f" (last error: {last_error})" if last_error else ""
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
 class Cluster:
     """A running local cluster (see tests/conftest.py for the fixtures)."""
 
@@ -116,24 +143,8 @@ class Cluster:
         interval: float = 0.2,
         what: str = "condition",
     ) -> T:
-        """Poll `condition` until it returns something truthy; return that value.
-
-        Raises `WaitTimeout` (an AssertionError) naming `what` and the last
-        exception the condition raised, if any.
-        """
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while True:
-            try:
-                value = condition()
-                if value:
-                    return value
-            except Exception as e:  # the condition may race with object creation
-                last_error = e
-            if time.monotonic() >= deadline:
-                extra = f" (last error: {last_error})" if last_error else ""
-                raise WaitTimeout(f"timed out after {timeout}s waiting for {what}{extra}")
-            time.sleep(interval)
+        """`wait_for` below, for brevity in tests."""
+        return wait_for(condition, timeout, interval, what)
 
     def pod_ready(self, namespace: str, name: str) -> bool:
         pod = self.get("pod", name, namespace)
