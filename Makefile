@@ -63,11 +63,14 @@ bench-kind: venv ## node pods on the kind cluster (make kind-up deploy): applyâ†
 	$(PY) bench/kind_bench.py --context $(KIND_CONTEXT) --nodes 10 50 --json
 
 # ---------------------------------------------------------------- checks
+SHELL_SCRIPTS = $(sort hack/kind/quirks.sh $(shell grep -rlE '^\#!(/usr/bin/env bash|/bin/(ba)?sh)' hack))
+
 .PHONY: lint
-lint: venv ## ruff and import layering
+lint: venv ## ruff, import layering, shellcheck of hack/
 	$(VENV)/bin/ruff check node operator tests bench
 	$(VENV)/bin/ruff format --check node operator tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
 
 .PHONY: typecheck
 typecheck: venv ## mypy --strict

@@ -68,10 +68,12 @@ GO
   if ! cmp -s "$dir/tools.go.want" "$dir/tools.go" || [[ ! -f $dir/go.sum ]]; then
     cp "$dir/go.mod.want" "$dir/go.mod"; cp "$dir/tools.go.want" "$dir/tools.go"
     log "resolving k8s.io/kubernetes $want"
-    (cd "$dir" && go mod tidy -e >/dev/null 2>"$dir/tidy.log" || { cat "$dir/tidy.log" >&2; exit 1; })
+    if ! (cd "$dir" && go mod tidy -e >/dev/null 2>"$dir/tidy.log"); then cat "$dir/tidy.log" >&2; exit 1; fi
   fi
   log "building ${todo[*]} $want (cold: many minutes)"
-  local ld="-s -w -X k8s.io/component-base/version.gitVersion=$want -X k8s.io/client-go/pkg/version.gitVersion=$want -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$want" | cut -d. -f2)"
+  local ld minor
+  minor=$(echo "$want" | cut -d. -f2)
+  ld="-s -w -X k8s.io/component-base/version.gitVersion=$want -X k8s.io/client-go/pkg/version.gitVersion=$want -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
   local pkgs=()
   for b in "${todo[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
   mkdir -p "$dir/out"
@@ -107,7 +109,7 @@ package tools
 import _ "go.etcd.io/etcd/server/v3/etcdmain"
 GO
   log "resolving etcd $want"
-  (cd "$dir" && go mod tidy -e >/dev/null 2>"$dir/tidy.log" || { cat "$dir/tidy.log" >&2; exit 1; })
+  if ! (cd "$dir" && go mod tidy -e >/dev/null 2>"$dir/tidy.log"); then cat "$dir/tidy.log" >&2; exit 1; fi
   log "building etcd $want"
   (cd "$dir" && go build -trimpath -ldflags "-s -w" -o out/etcd go.etcd.io/etcd/server/v3)
   install -m 0755 "$dir/out/etcd" "$BIN/etcd"; echo "$want" > "$BIN/.etcd.version"

@@ -157,7 +157,7 @@ load_images() {
   err=$(docker run -d --init --name "$name" --entrypoint sleep "$base" infinity 2>&1 >/dev/null) \
     || { echo "$err" >&2; die "cannot start a container of $base"; }
   docker exec "$name" bash -c 'containerd >/tmp/containerd.log 2>&1 &'
-  local i; for i in $(seq 50); do docker exec "$name" ctr version >/dev/null 2>&1 && break; sleep 0.2; done
+  local _; for _ in $(seq 50); do docker exec "$name" ctr version >/dev/null 2>&1 && break; sleep 0.2; done
   docker exec "$name" ctr version >/dev/null || die "containerd did not start in the build container"
   log "node: docker save | ctr import"
   # shellcheck disable=SC2046 # one image name per word
