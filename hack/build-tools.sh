@@ -162,6 +162,18 @@ build_coredns() {
   install -m 0755 "$SRC/coredns-$want/coredns" "$BIN/coredns"; echo "$want" > "$BIN/.coredns.version"
 }
 
+# crictl, the CRI client kind uses inside a node (`kind load` asks it which
+# images are there; `kind export logs` lists them).
+build_crictl() {
+  local want="$CRI_TOOLS_VERSION"
+  stamp_ok crictl "$want" && return 0
+  log "building crictl $want"
+  GOBIN="$SRC/cri-tools-$want" go install -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$want" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$want"
+  install -m 0755 "$SRC/cri-tools-$want/crictl" "$BIN/crictl"; echo "$want" > "$BIN/.crictl.version"
+}
+
 # The NetworkPolicy enforcer that kind's kindnetd embeds. Where the kernel
 # has no nftables queue expression (quirks.sh: rl_need_xt_nfqueue) it is
 # built from a patched copy of its module instead, see
@@ -204,7 +216,7 @@ for t in "${targets[@]}"; do
     kind) build_kind ;;
     # What a kind node image holds, built here where no registry serves it.
     kind-node) build_kubernetes "${KUBE_CONTROL_PLANE[@]}" "${KUBE_NODE[@]}"
-               build_etcd; build_coredns; build_kube_network_policies ;;
+               build_etcd; build_coredns; build_kube_network_policies; build_crictl ;;
     etcd) build_etcd ;;
     helm) build_helm ;;
     prometheus) build_prometheus ;;

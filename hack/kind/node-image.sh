@@ -41,7 +41,7 @@ start=$SECONDS
 log() { printf '[node-image] %3ss %s\n' "$((SECONDS - start))" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-NODE_BINS=(kubelet kubeadm kubectl)
+NODE_BINS=(kubelet kubeadm kubectl crictl)
 IMAGE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns
   kube-network-policies)
 NODE_PACKAGES=(systemd systemd-sysv containerd runc containernetworking-plugins iptables
