@@ -142,36 +142,31 @@ build_prometheus() {
   done
 }
 
-# kind itself: the CLI that makes clusters of node containers.
-build_kind() {
-  local want="$KIND_VERSION"
-  stamp_ok kind "$want" && return 0
-  log "building kind $want"
-  GOBIN="$SRC/kind-$want" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kind@$want"
-  install -m 0755 "$SRC/kind-$want/kind" "$BIN/kind"; echo "$want" > "$BIN/.kind.version"
+# One command from a module without replace directives: `go install` it at
+# the version, install it into $BIN and stamp it.
+#   go_install NAME VERSION PACKAGE [EXTRA_LDFLAGS]
+go_install() {
+  local name=$1 want=$2 package=$3 ldflags="-s -w ${4:-}"
+  stamp_ok "$name" "$want" && return 0
+  log "building $name $want"
+  GOBIN="$SRC/$name-$want" go install -trimpath -ldflags "$ldflags" "$package@$want"
+  install -m 0755 "$SRC/$name-$want/$name" "$BIN/$name"; echo "$want" > "$BIN/.$name.version"
 }
+
+# kind itself: the CLI that makes clusters of node containers.
+build_kind() { go_install kind "$KIND_VERSION" sigs.k8s.io/kind; }
 
 # CoreDNS at the version kubeadm $K8S_VERSION deploys (its image is built here).
 build_coredns() {
-  local want="$COREDNS_VERSION"
-  stamp_ok coredns "$want" && return 0
-  log "building coredns $want"
-  GOBIN="$SRC/coredns-$want" go install -trimpath \
-    -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$want" \
-    "github.com/coredns/coredns@$want"
-  install -m 0755 "$SRC/coredns-$want/coredns" "$BIN/coredns"; echo "$want" > "$BIN/.coredns.version"
+  go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+    "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
 }
 
 # crictl, the CRI client kind uses inside a node (`kind load` asks it which
 # images are there; `kind export logs` lists them).
 build_crictl() {
-  local want="$CRI_TOOLS_VERSION"
-  stamp_ok crictl "$want" && return 0
-  log "building crictl $want"
-  GOBIN="$SRC/cri-tools-$want" go install -trimpath \
-    -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$want" \
-    "sigs.k8s.io/cri-tools/cmd/crictl@$want"
-  install -m 0755 "$SRC/cri-tools-$want/crictl" "$BIN/crictl"; echo "$want" > "$BIN/.crictl.version"
+  go_install crictl "$CRI_TOOLS_VERSION" sigs.k8s.io/cri-tools/cmd/crictl \
+    "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION"
 }
 
 # The NetworkPolicy enforcer that kind's kindnetd embeds. Where the kernel

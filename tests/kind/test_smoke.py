@@ -47,7 +47,7 @@ def loop_ready(kind: Kind, namespace: str, name: str = "smoke") -> dict[str, Any
     return obj if ok else None
 
 
-def pod_manifest(name: str, labels: dict[str, str], argv: list[str]) -> str:
+def pod_manifest(name: str, labels: dict[str, str], argv: list[str], restart: str = "Never") -> str:
     """A restricted pod of the node image running `argv` (JSON is YAML)."""
     return json.dumps(
         {
@@ -55,7 +55,7 @@ def pod_manifest(name: str, labels: dict[str, str], argv: list[str]) -> str:
             "kind": "Pod",
             "metadata": {"name": name, "labels": labels},
             "spec": {
-                "restartPolicy": "Never",
+                "restartPolicy": restart,
                 "securityContext": {"runAsUser": 10001, "runAsGroup": 10001},
                 "containers": [
                     {
@@ -170,7 +170,8 @@ def test_network_policy_admits_only_the_loops_pods(kind: Kind, namespace: str) -
             "open",
             {"app": "open"},
             ["python", "-m", "http.server", "8080", "--directory", "/tmp"],
-        ).replace('"restartPolicy": "Never"', '"restartPolicy": "Always"'),
+            restart="Always",
+        ),
         namespace,
     )
     kind.wait_for(
