@@ -47,6 +47,16 @@ def loop_ready(kind: Kind, namespace: str, name: str = "smoke") -> dict[str, Any
     return obj if ok else None
 
 
+def loop_all_looping(kind: Kind, namespace: str, n: int = 3) -> dict[str, Any] | None:
+    """The loop, once Ready and Converged with all `n` nodes looping.
+
+    Any one node may be waiting at an instant (a round trip that timed out
+    under load), so callers poll this with a deadline.
+    """
+    obj = loop_ready(kind, namespace)
+    return obj if obj and obj["status"].get("looping") == n else None
+
+
 def pod_manifest(name: str, labels: dict[str, str], argv: list[str], restart: str = "Never") -> str:
     """A restricted pod of the node image running `argv` (JSON is YAML)."""
     return json.dumps(
@@ -80,7 +90,9 @@ def test_node_pods_pass_pss_restricted_admission_and_run(kind: Kind, namespace: 
     assert refused.returncode != 0
     assert "violates PodSecurity" in refused.stderr
     make_loop(kind, namespace)
-    obj = kind.wait_for(lambda: loop_ready(kind, namespace), 180, what="smoke loop Ready")
+    obj = kind.wait_for(
+        lambda: loop_all_looping(kind, namespace), 180, what="smoke loop Ready, all 3 looping"
+    )
     assert obj["status"]["looping"] == 3
     for pod in kind.get("pods", "-n", namespace, "-l", "reactive-loop.dev/loop=smoke")["items"]:
         assert pod["status"]["phase"] == "Running"
@@ -215,5 +227,7 @@ def test_a_node_container_killed_by_the_runtime_is_restarted_and_catches_up(
         return bool(s["restartCount"] > before["restartCount"] and s["ready"])
 
     kind.wait_for(restarted, 120, what=f"{pod} restarted by the kubelet and ready")
-    obj = kind.wait_for(lambda: loop_ready(kind, namespace), 120, what="smoke loop Ready again")
+    obj = kind.wait_for(
+        lambda: loop_all_looping(kind, namespace), 120, what="smoke loop Ready again, all looping"
+    )
     assert obj["status"]["looping"] == 3
