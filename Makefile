@@ -53,28 +53,33 @@ bench: venv ## node benchmarks: round trip vs aiohttp/asyncio, RSS, convergence 
 	$(PY) bench/roundtrip.py --json
 	$(PY) bench/convergence.py --plot bench/results/convergence.png
 
-.PHONY: bench-operator
-bench-operator: venv ## operator benchmarks on the local cluster: apply→looping N=10/50, steady PATCH rate, RSS (bench/README.md)
-	$(MAKE) cluster-up
-	$(PY) bench/operator_bench.py --nodes 10 50 --loops 20 --window 30 --json
-
 .PHONY: bench-kind
-bench-kind: venv ## node pods on the kind cluster (make kind-up deploy): apply→looping N=10/50, create→Ready, memory
-	$(PY) bench/kind_bench.py --context $(KIND_CONTEXT) --nodes 10 50 --json
+bench-kind: venv ## operator and node pods on the kind cluster (make kind-up deploy): apply→looping N=10/50, create→Ready, steady PATCH/s, memory
+	$(PY) bench/kind_bench.py --context $(KIND_CONTEXT) --nodes 10 50 --loops 20 --window 30 --json
 
 # ---------------------------------------------------------------- checks
+DASHBOARD_GENERATOR := charts/reactive-loop/dashboards/reactive_loop_dashboard.py
 SHELL_SCRIPTS = $(sort hack/kind/quirks.sh $(shell grep -rlE '^\#!(/usr/bin/env bash|/bin/(ba)?sh)' hack))
 
 .PHONY: lint
 lint: venv ## ruff, import layering, shellcheck of hack/
-	$(VENV)/bin/ruff check node operator tests bench
-	$(VENV)/bin/ruff format --check node operator tests bench
+	$(VENV)/bin/ruff check node operator tests bench $(DASHBOARD_GENERATOR)
+	$(VENV)/bin/ruff format --check node operator tests bench $(DASHBOARD_GENERATOR)
+	$(PY) $(DASHBOARD_GENERATOR) --check
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
 
 .PHONY: typecheck
 typecheck: venv ## mypy --strict
-	$(VENV)/bin/mypy node/reactive_node operator/reactive_operator tests bench
+	$(VENV)/bin/mypy node/reactive_node operator/reactive_operator tests bench $(DASHBOARD_GENERATOR)
+
+.PHONY: dashboard
+dashboard: venv ## regenerate charts/reactive-loop/dashboards/reactive-loop.json from its Python generator
+	$(PY) $(DASHBOARD_GENERATOR)
+
+.PHONY: checkov
+checkov: venv tools ## checkov over the rendered chart and the operator's children (own venv under the cache; exceptions: docs/security.md)
+	CACHE=$(CACHE) HELM=$(TOOLS_BIN)/helm PROJECT_PY=$(CURDIR)/$(PY) hack/checkov.sh
 
 .PHONY: test
 test: system-deps venv tools lint typecheck ## everything: lint, types, all test tiers (local cluster, then the kind quickstart)
@@ -84,22 +89,20 @@ test: system-deps venv tools lint typecheck ## everything: lint, types, all test
 	$(MAKE) test-kind || status=$$?; exit $$status
 
 .PHONY: test-kind
-test-kind: ## the kind tier: the README's quickstart (kind-up deploy demo), then image and kind smoke tests
+test-kind: ## the kind tier: the README's quickstart (kind-up deploy demo), the monitoring stack, then every test with pods
 	@status=0; $(MAKE) kind-up deploy demo || status=$$?; \
 	if [ $$status -ne 0 ]; then echo "FAILED: the kind quickstart (make kind-up deploy demo) did not come up" >&2; \
+	elif ! $(MAKE) kind-monitoring; then status=1; echo "FAILED: make kind-monitoring (Prometheus Operator on kind)" >&2; \
 	else KIND_CONTEXT=$(KIND_CONTEXT) IMAGE_TAG=$(IMAGE_TAG) $(PY) -m pytest -p no:cacheprovider tests/kind tests/images || status=$$?; fi; \
 	if [ "$$CI" = "true" ]; then $(MAKE) kind-down; fi; exit $$status
 
 # ---------------------------------------------------------------- local cluster
 .PHONY: cluster-up
-cluster-up: venv tools system-deps ## start the local Kubernetes cluster (.local-cluster/)
-	@# Pods run as a non-root user and cannot write bytecode next to the
-	@# sources: compile it here so that no node process compiles at start.
-	$(PY) -m compileall -q node/reactive_node operator/reactive_operator
+cluster-up: venv tools system-deps ## start the local control plane (etcd, apiserver, controller manager; no node) in .local-cluster/
 	PYTHONPATH=tests $(PY) -m localcluster up
 
 .PHONY: cluster-down
-cluster-down: ## stop the local cluster and remove everything it made
+cluster-down: ## stop the local control plane and remove everything it made
 	@if [ -x $(PY) ]; then PYTHONPATH=tests $(PY) -m localcluster down; else echo "no venv: nothing to do"; fi
 
 .PHONY: cluster-status
@@ -192,3 +195,7 @@ monitoring: ## kube-prometheus-stack + our PodMonitor, ServiceMonitor, rules and
 	  --set-string 'node.scraper.namespaceLabels.kubernetes\.io/metadata\.name=$(MONITORING_NAMESPACE)'
 	@echo "Grafana: kubectl -n $(MONITORING_NAMESPACE) port-forward svc/kube-prometheus-stack-grafana 3000:80  (admin / prom-operator)"
 	@echo "Prometheus: kubectl -n $(MONITORING_NAMESPACE) port-forward svc/kube-prometheus-stack-prometheus 9090"
+
+.PHONY: kind-monitoring
+kind-monitoring: ## what CI runs instead of `make monitoring`: the Prometheus Operator and Prometheus built here from Go modules (no registry)
+	bash hack/kind/monitoring.sh

@@ -1,15 +1,25 @@
-"""Node pods on the kind cluster of the quickstart (`make kind-up deploy`).
+"""The operator and its node pods on the kind cluster of the quickstart
+(`make kind-up deploy`): the quickstart's operator (the chart, the operator
+image) manages every loop here.
 
-For each N: a converge mesh loop of N nodes in a fresh namespace, with the
-timings of bench/operator_bench.py, then
-* apply → all pods Running, → all N looping (status.looping, as the
-  operator reads it from the nodes), → Converged;
+For each N: a converge mesh loop of N nodes in a fresh namespace, then
+* apply → all pods Ready, → all N looping (status.looping, as the operator
+  reads it from the nodes), → Converged;
 * per pod, create → Ready with real containers: a `kubectl get pods --watch`
   stream stamped on arrival (the API's own timestamps have 1 s resolution);
 * node container memory once all loop: `ctr task metrics` inside the kind
-  node for each node container (the cgroup's usage, with and without cache).
+  node for each node container (the cgroup's usage, with and without cache);
+* steady state, with the loop still up: pod PATCH requests per second, read
+  from the API server's own `apiserver_request_total{verb="PATCH",
+  resource="pods",subresource=""}` two scrapes `--window` seconds apart. The
+  counter is cluster-wide (the quickstart's loops count too), so the bench
+  also counts the bench pods whose resourceVersion moved in the window: any
+  write to a pod, a node's state PATCH included, moves it.
+Then the operator's resident memory (its own `process_resident_memory_bytes`,
+read through the API server's pod proxy) before, and while it manages
+`--loops` more small loops.
 
-    .venv/bin/python bench/kind_bench.py --nodes 10 50 --json
+    .venv/bin/python bench/kind_bench.py --nodes 10 50 --loops 20 --json
 """
 
 from __future__ import annotations
@@ -163,24 +173,116 @@ def container_memory(context: str, namespace: str, name: str) -> list[dict[str, 
     return out
 
 
-def run(context: str, n: int) -> dict[str, Any]:
-    ns = f"bench-{n}-{secrets.token_hex(2)}"
-    name = "bench"
-    kubectl(context, "create", "namespace", ns)
-    watch = PodWatch(context, ns)
-    manifest = yaml.safe_dump(
+def pod_patches(context: str) -> float:
+    """The API server's count of pod PATCH requests so far (cluster-wide)."""
+    total = 0.0
+    for line in kubectl(context, "get", "--raw", "/metrics").splitlines():
+        if (
+            line.startswith("apiserver_request_total{")
+            and 'verb="PATCH"' in line
+            and 'resource="pods"' in line
+            and 'subresource=""' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def pod_versions(context: str, namespace: str) -> dict[str, str]:
+    """resourceVersion of every pod in `namespace`: any write to a pod changes it."""
+    pods = json.loads(kubectl(context, "get", "pods", "-n", namespace, "-o", "json"))["items"]
+    return {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in pods}
+
+
+def steady_patches(context: str, namespace: str, window: float) -> dict[str, float]:
+    versions = pod_versions(context, namespace)
+    first = pod_patches(context)
+    time.sleep(window)  # the measurement window itself, not a wait for a condition
+    second = pod_patches(context)
+    moved = [k for k, v in pod_versions(context, namespace).items() if versions.get(k) != v]
+    return {
+        "steady_pod_patches_per_s_cluster_wide": round((second - first) / window, 3),
+        "steady_bench_pods_written": len(moved),
+        "steady_window_s": window,
+    }
+
+
+def operator_rss_mib(context: str, namespace: str) -> float:
+    """The quickstart operator's resident memory, from its own metrics."""
+    pods = json.loads(
+        kubectl(
+            context,
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "json",
+        )
+    )["items"]
+    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+    if not running:
+        raise RuntimeError(f"no running operator pod in {namespace}: run `make deploy`")
+    name = running[0]["metadata"]["name"]
+    text = kubectl(
+        context, "get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{name}:8080/proxy/metrics"
+    )
+    for line in text.splitlines():
+        if line.startswith("process_resident_memory_bytes "):
+            return round(float(line.split()[1]) / 2**20, 1)
+    raise RuntimeError("the operator's metrics carry no process_resident_memory_bytes")
+
+
+def loop_manifest(name: str, replicas: int, topology: str = "mesh") -> str:
+    return yaml.safe_dump(
         {
             "apiVersion": "reactive-loop.dev/v1alpha1",
             "kind": "ReactiveLoop",
             "metadata": {"name": name},
             "spec": {
-                "replicas": n,
-                "topology": "mesh",
+                "replicas": replicas,
+                "topology": topology,
                 "target": {"bench": name},
                 "loop": {"interval": 2, "timeout": 1.5, "maxBackoff": 4},
             },
         }
     )
+
+
+def looping(context: str, namespace: str, name: str, n: int) -> bool:
+    obj = json.loads(kubectl(context, "get", "rloop", name, "-n", namespace, "-o", "json"))
+    return bool((obj.get("status") or {}).get("looping") == n)
+
+
+def operator_memory(context: str, operator_ns: str, loops: int, replicas: int) -> dict[str, Any]:
+    """Operator RSS before and while it manages `loops` loops of `replicas` nodes."""
+    ns = f"bench-rss-{secrets.token_hex(2)}"
+    out: dict[str, Any] = {"operator_rss_mib_before": operator_rss_mib(context, operator_ns)}
+    kubectl(context, "create", "namespace", ns)
+    try:
+        names = [f"l{i}" for i in range(loops)]
+        for name in names:
+            kubectl(context, "apply", "-n", ns, "-f", "-", stdin=loop_manifest(name, replicas))
+        wait_for(
+            lambda: all(looping(context, ns, name, replicas) for name in names),
+            900,
+            f"{loops} loops looping",
+        )
+        out[f"operator_rss_mib_with_{loops}_more_loops"] = operator_rss_mib(context, operator_ns)
+        out["loops"] = loops
+        out["replicas_per_loop"] = replicas
+    finally:
+        kubectl(context, "delete", "namespace", ns, "--wait=true", "--timeout=300s")
+    return out
+
+
+def run(context: str, n: int, window: float) -> dict[str, Any]:
+    ns = f"bench-{n}-{secrets.token_hex(2)}"
+    name = "bench"
+    kubectl(context, "create", "namespace", ns)
+    watch = PodWatch(context, ns)
+    manifest = loop_manifest(name, n)
     try:
         t0 = time.monotonic()
         kubectl(context, "apply", "-n", ns, "-f", "-", stdin=manifest)
@@ -204,7 +306,9 @@ def run(context: str, n: int) -> dict[str, Any]:
         t_converged = time.monotonic() - t0
         per_pod = [watch.ready[p] - watch.created[p] for p in watch.ready]
         memory = container_memory(context, ns, name)
+        steady = steady_patches(context, ns, window) if window > 0 else {}
         return {
+            **steady,
             "nodes": n,
             "apply_to_all_ready_s": round(t_ready, 2),
             "apply_to_all_looping_s": round(t_looping, 2),
@@ -228,15 +332,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--context", default="kind-reactive-loop")
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument(
+        "--window", type=float, default=30.0, help="steady-state PATCH window, seconds (0: skip)"
+    )
+    parser.add_argument("--loops", type=int, default=20, help="loops for the RSS figure (0: skip)")
+    parser.add_argument("--loop-replicas", type=int, default=2)
+    parser.add_argument("--operator-namespace", default="reactive-loop-system")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = [run(args.context, n) for n in args.nodes]
+    results = [run(args.context, n, args.window) for n in args.nodes]
+    memory = (
+        operator_memory(args.context, args.operator_namespace, args.loops, args.loop_replicas)
+        if args.loops
+        else {}
+    )
     load = os.getloadavg()[0]
+    report = {"load_1m": round(load, 2), "runs": results, "operator": memory}
     if args.json:
-        print(json.dumps({"load_1m": round(load, 2), "runs": results}, indent=2))
+        print(json.dumps(report, indent=2))
     else:
         for r in results:
             print(r)
+        print(memory)
 
 
 if __name__ == "__main__":

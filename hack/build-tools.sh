@@ -203,6 +203,38 @@ build_kube_network_policies() {
   echo "$want" > "$BIN/.kube-network-policies.version"
 }
 
+# The Prometheus Operator and its config reloader, from the module's own tree
+# (its go.mod has replace directives, so `go install pkg@version` refuses it),
+# with the CRDs of the same version copied beside them for the chart tests.
+build_prometheus_operator() {
+  local want="$PROMETHEUS_OPERATOR_VERSION"
+  stamp_ok prometheus-operator "$want" && stamp_ok prometheus-config-reloader "$want" \
+    && [[ -d $CACHE/prometheus-operator-crd-$want ]] && return 0
+  local out="$SRC/prometheus-operator-$want" module
+  mkdir -p "$out"
+  log "building prometheus-operator and prometheus-config-reloader $want (cold: minutes)"
+  module=$(cd "$out" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$want" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -d $module ]] || { log "prometheus-operator: module not downloaded"; exit 1; }
+  local tree="$out/src" v="github.com/prometheus/common/version"
+  rm -rf "$tree"; cp -r "$module" "$tree"; chmod -R u+w "$tree"
+  # Its replace directives point at nested modules that the module zip does
+  # not hold; the same version of each is published on its own.
+  local m
+  for m in pkg/apis/monitoring pkg/client; do
+    (cd "$tree" && go mod edit -dropreplace "github.com/prometheus-operator/prometheus-operator/$m" \
+      -require "github.com/prometheus-operator/prometheus-operator/$m@$want")
+  done
+  (cd "$tree" && go mod tidy -e >/dev/null 2>"$out/tidy.log") || { cat "$out/tidy.log" >&2; exit 1; }
+  (cd "$tree" && go build -trimpath -ldflags "-s -w -X $v.Version=${want#v} -X $v.Revision=$want -X $v.Branch=release" \
+    -o "$out/" ./cmd/operator ./cmd/prometheus-config-reloader)
+  install -m 0755 "$out/operator" "$BIN/prometheus-operator"
+  install -m 0755 "$out/prometheus-config-reloader" "$BIN/prometheus-config-reloader"
+  rm -rf "$CACHE/prometheus-operator-crd-$want"
+  cp -r "$tree/example/prometheus-operator-crd" "$CACHE/prometheus-operator-crd-$want"
+  echo "$want" > "$BIN/.prometheus-operator.version"; echo "$want" > "$BIN/.prometheus-config-reloader.version"
+}
+
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(etcd helm kubernetes prometheus)
 for t in "${targets[@]}"; do
@@ -215,7 +247,8 @@ for t in "${targets[@]}"; do
     etcd) build_etcd ;;
     helm) build_helm ;;
     prometheus) build_prometheus ;;
-    *) log "unknown tool: $t (want kubernetes, etcd, helm, prometheus, kind or kind-node)"; exit 2 ;;
+    prometheus-operator) build_prometheus_operator ;;
+    *) log "unknown tool: $t (want kubernetes, etcd, helm, prometheus, prometheus-operator, kind or kind-node)"; exit 2 ;;
   esac
 done
 log "tools ready in $BIN"

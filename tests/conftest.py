@@ -1,11 +1,15 @@
-"""Shared pytest fixtures: the local Kubernetes cluster (docs/testing.md).
+"""Shared pytest fixtures: the local control plane (docs/testing.md).
 
 Mark cluster tests `@pytest.mark.cluster` (a test that uses the fixtures gets
-the marker automatically). They are never skipped: if the cluster cannot
+the marker automatically). They are never skipped: if the control plane cannot
 start, the session fails with the reason, in CI (CI=true) and outside.
 
+The local cluster is a real etcd, kube-apiserver and kube-controller-manager
+with no node: tests here use the API (schema, CEL, admission, RBAC), never
+pods. Tests with pods run on kind (tests/kind, its own conftest).
+
 Fixtures
-- `local_cluster` (session) -> `localcluster.Cluster`: starts the cluster
+- `local_cluster` (session) -> `localcluster.Cluster`: starts the control plane
   like `make cluster-up` or reuses a running one. It is left running at the
   end (other sessions may share it; `make cluster-down` stops it), unless
   RL_CLUSTER_TEARDOWN=1 and this session started it.
@@ -15,19 +19,13 @@ Fixtures
 
 `Cluster` API (tests/localcluster/cluster.py)
 - `kubeconfig: Path`, `env: dict` (KUBECONFIG + PATH with kubectl/helm),
-  `cfg: ClusterConfig` (paths, gateway_ip, apiserver_pod_url, ...)
+  `cfg: ClusterConfig` (paths, ports)
 - `kubectl(*args, check=True, input=None, timeout=60) -> CompletedProcess[str]`
 - `helm(*args, check=True, input=None, timeout=180) -> CompletedProcess[str]`
 - `create_namespace(name, *labels)` (waits for its default ServiceAccount),
   `apply(yaml_text, namespace=None)`, `get(kind, name=None, namespace=None) -> dict | None`
 - `wait_for(condition, timeout=30, interval=0.2, what="...") -> value`: polls until
   truthy, raises `WaitTimeout` (an AssertionError) with `what` otherwise
-- `pod_ready(ns, name) -> bool`, `pod(ns, name) -> PodHandle` (ip, netns,
-  container PIDs, directory), `logs(ns, pod, container) -> str`
-- `exec_in_pod(ns, name, argv) -> CompletedProcess`: run a command in the
-  pod's network namespace with its /etc/hosts (as root)
-- `faults.cut(ns, pod, peer=None, include_host=False)`, `faults.restore(ns, pod)`,
-  `faults.kill(ns, pod, container=None)`
 """
 
 from __future__ import annotations
@@ -54,7 +52,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def local_cluster() -> Iterator[Cluster]:
     cfg = ClusterConfig.default()
     started = False
-    if not (control.healthy(cfg) and control.node_ready(cfg)):
+    if not control.healthy(cfg):
         try:
             control.up(cfg)
         except (control.ClusterError, OSError) as e:

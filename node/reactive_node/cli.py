@@ -1,6 +1,6 @@
 """The `reactive-loop` command line.
 
-One entry point with three subcommands:
+One entry point with four subcommands:
 
 * `node` runs one node process (the pod entrypoint); it hands its arguments to
   `reactive_node.server.main` untouched, so the node owns its own flags.
@@ -8,6 +8,8 @@ One entry point with three subcommands:
   `reactive_node.local`.
 * `set-target` injects a new converge target into a running local loop by a
   round trip, the way the operator does it in a cluster.
+* `chaos` plays timed faults against a running local loop and checks the
+  invariants on the nodes' decision histories, see `reactive_node.chaos`.
 
 Every check of user input happens here, before anything starts, so bad input
 always ends the same way: one clear line on stderr and exit code 2.
@@ -114,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-port", type=_port, help="node i listens on BASE+i (default: free ports)"
     )
     run.add_argument("--loop", default="local", help="loop name (default 'local')")
+    run.add_argument(
+        "--auth",
+        action="store_true",
+        help="sign round trips with the keys in STATE_DIR/hmac/ (a random key is made there"
+        " if none exists; rewrite its files to rotate)",
+    )
+    run.add_argument(
+        "--faults",
+        action="store_true",
+        help="give the nodes the fault switch STATE_DIR/faults.json, so `chaos` can cut links"
+        " (tests only)",
+    )
 
     target = sub.add_parser(
         "set-target", help="inject a new converge target into a running local loop"
@@ -132,7 +146,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT of a node (repeatable); tried in order",
     )
     target.add_argument("--timeout", type=_positive_float, default=2.0, help="per request")
+    target.add_argument(
+        "--hmac-key-file",
+        type=Path,
+        help="sign with the key in this file (default: STATE_DIR/hmac/primary if it exists)",
+    )
+    chaos = sub.add_parser(
+        "chaos",
+        help="inject faults into a running local loop and check its invariants",
+        description="Kill, pause and partition the nodes of a running local loop, inject"
+        " converge targets, collect the nodes' decision histories and check the invariants"
+        " (docs/chaos.md). Prints the verdict as JSON; exit 1 on any violation.",
+    )
+    chaos.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"the loop's state dir (default {DEFAULT_STATE_DIR}/)",
+    )
+    chaos.add_argument("--scenario", type=Path, help="a JSON or YAML scenario file")
+    chaos.add_argument("--duration", type=_positive_float, help="seconds of faults (max 600)")
+    chaos.add_argument("--kill", type=_count, default=0, help="kill -9 this many times")
+    chaos.add_argument("--pause", type=_count, default=0, help="pause (SIGSTOP) this many times")
+    chaos.add_argument("--partition", type=_count, default=0, help="cut this many partitions")
+    chaos.add_argument("--seed", type=int, default=0, help="seed of the random scenario")
+    chaos.add_argument("--out", type=Path, help="also write the verdict JSON to this file")
+    chaos.add_argument(
+        "--html", type=Path, help="the timeline page (default STATE_DIR/chaos-<time>.html)"
+    )
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100, got {value}")
+    return value
+
+
+def _chaos(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from reactive_node import chaos, local
+
+    flags = args.duration is not None or args.kill or args.pause or args.partition
+    if args.scenario is not None and flags:
+        parser.error("give either --scenario or --duration/--kill/--pause/--partition")
+    try:
+        if args.scenario is not None:
+            scenario = chaos.load_scenario(args.scenario)
+        else:
+            if args.duration is None:
+                parser.error("give --scenario FILE or --duration S")
+            try:
+                nodes = len(local.read_run_file(args.state_dir).addresses)
+            except local.RunFileError as e:
+                parser.error(str(e))
+            scenario = chaos.scenario_from_flags(
+                args.duration, args.kill, args.pause, args.partition, args.seed, nodes
+            )
+    except chaos.ScenarioError as e:
+        parser.error(str(e))
+    return asyncio.run(chaos.chaos_command(args.state_dir, scenario, out=args.out, html=args.html))
 
 
 def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -171,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from reactive_node import local
+    from reactive_node import auth, local
 
     if args.command == "run":
         _check_run(parser, args)
@@ -186,9 +262,14 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             json_summary=args.json,
             base_port=args.base_port,
             loop=args.loop,
+            auth=args.auth,
+            faults=args.faults,
         )
         return asyncio.run(local.run(options))
+    if args.command == "chaos":
+        return _chaos(parser, args)
     if args.command == "set-target":
+        state_dir: Path | None = None
         if args.peer:
             addresses = list(args.peer)
         else:
@@ -197,8 +278,24 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 addresses = local.read_run_file(state_dir).addresses
             except local.RunFileError as e:
                 parser.error(str(e))
+        key_file: Path | None = args.hmac_key_file
+        if key_file is None and state_dir is not None:
+            primary = local.key_files(state_dir)[0]
+            key_file = primary if primary.exists() else None
+        keys = None
+        if key_file is not None:
+            try:
+                keys = auth.load_keyring(key_file)
+            except auth.BadKey as e:
+                parser.error(str(e))
         return asyncio.run(
-            local.set_target_command(args.target, addresses, request_timeout=args.timeout)
+            local.set_target_command(
+                args.target,
+                addresses,
+                request_timeout=args.timeout,
+                state_dir=state_dir,
+                keys=keys,
+            )
         )
     parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks choices
     return EXIT_USAGE

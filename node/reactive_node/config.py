@@ -7,7 +7,10 @@ a flag wins over the environment. docs/node.md has the table.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import pathlib
+import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -15,6 +18,8 @@ import msgspec
 from msgspec.structs import force_setattr
 
 from . import contract
+from .auth import is_signable_name
+from .behaviors.base import DRIFT_FACTOR, default_lease
 from .topology import TopologyName
 
 StoreName = Literal["pod", "file", "memory"]
@@ -24,6 +29,49 @@ Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message says which setting and why."""
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*", re.ASCII)
+
+
+def normalize_host(host: str) -> str:
+    """A host as compared with the allowed hosts: lower case, no trailing dot,
+    an IPv6 address without its brackets."""
+    return host.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+
+
+def allowed_host(entry: str) -> str:
+    """One entry of the allowed webhook hosts, normalized; ValueError if it is not
+    a host name or an IP address (a URL, a port, a wildcard)."""
+    host = normalize_host(entry)
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if len(host) > 253 or _HOST_NAME.fullmatch(host) is None:
+        raise ValueError(
+            f"{contract.ENV_TOKEN_WEBHOOK_ALLOWED_HOSTS}: {entry!r} is not a host name or an"
+            " IP address (give names like fence.ns.svc.cluster.local: no scheme, port,"
+            " path or wildcard)"
+        )
+    return host
+
+
+def webhook_host(url: str) -> str:
+    """The normalized host of a webhook URL; ValueError unless it is an http(s) URL
+    with a host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        raise ValueError(f"token_webhook {url!r} is not a URL: {e}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"token_webhook must be an http(s) URL with a host, got {url!r}")
+    host = normalize_host(parts.hostname)
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
 
 
 class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -49,15 +97,27 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bind: str = "0.0.0.0"
     store: StoreName = "memory"
     state_dir: pathlib.Path | None = None
+    decision_file: pathlib.Path | None = None
+    """The decision file (docs/node.md); default `<state_dir>/decision/<node>.json`
+    with the file store, else none."""
     interval: Seconds = 1.0
     timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 0.5
     max_backoff: Seconds = 10.0
     ring_skip: Annotated[int, msgspec.Meta(ge=0, le=100)] = 2
     token_hold: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     token_loss_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    token_lease: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Seconds a holder acts after a majority vouched for it; 0: 3 intervals (`lease`)."""
     token_webhook: str | None = None
-    hmac_key: str | None = None
-    """The shared HMAC key; never shown by `repr`."""
+    """http(s) URL told every token acquire and release (docs/node.md, "The token webhook")."""
+    token_webhook_allowed_hosts: tuple[str, ...] = ()
+    """Host names `token_webhook` may be on (lower case); empty: any."""
+    hmac_key_file: pathlib.Path | None = None
+    """File of the key this node signs with; round trips are signed when set."""
+    hmac_accepted_file: pathlib.Path | None = None
+    """File of more keys this node accepts (rotation); a missing file holds none."""
+    faults_file: pathlib.Path | None = None
+    """Local mode's fault switch (`run --faults`, docs/chaos.md): blocked links; never in a pod."""
 
     def __post_init__(self) -> None:
         if not self.node:
@@ -72,21 +132,54 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             # A holder keeps the token this long without news: a shorter loss
             # timeout would regenerate tokens while the holder is alive.
             raise ValueError("token_loss_timeout must be greater than token_hold")
+        if self.behavior == "token" and self.token_loss_timeout <= self.lease * DRIFT_FACTOR:
+            # Another node may vouch for a new token once it has vouched for none
+            # for the lease stretched by the drift allowance: the loss timeout
+            # must be longer, or a regeneration could race a live lease.
+            raise ValueError(
+                f"token_loss_timeout must be greater than {DRIFT_FACTOR} x the token lease"
+                f" ({self.lease:g} s)"
+            )
         if self.store == "file" and self.state_dir is None:
             raise ValueError("the file store needs state_dir")
+        if self.decision_file is None and self.store == "file" and self.state_dir is not None:
+            force_setattr(self, "decision_file", self.state_dir / "decision" / f"{self.node}.json")
         if self.store == "pod" and (not self.namespace or not (self.pod_name or self.node)):
             raise ValueError("the pod store needs namespace and pod name")
+        if self.faults_file is not None and self.store == "pod":
+            raise ValueError("faults_file is a local-mode test switch: not with the pod store")
         if self.peers and self.replicas > len(self.peers):
             raise ValueError(f"replicas {self.replicas} but only {len(self.peers)} peers")
         if self.peers and self.ordinal >= len(self.peers):
             raise ValueError("ordinal must index into peers")
+        if self.token_webhook_allowed_hosts:
+            force_setattr(
+                self,
+                "token_webhook_allowed_hosts",
+                tuple(allowed_host(h) for h in self.token_webhook_allowed_hosts),
+            )
+        if self.token_webhook is not None:
+            host = webhook_host(self.token_webhook)
+            allowed = self.token_webhook_allowed_hosts
+            if allowed and host not in allowed:
+                raise ValueError(
+                    f"token_webhook {self.token_webhook!r}: host {host!r} is not one of the"
+                    f" allowed hosts ({contract.ENV_TOKEN_WEBHOOK_ALLOWED_HOSTS}):"
+                    f" {', '.join(allowed)}"
+                )
+        if self.hmac_accepted_file is not None and self.hmac_key_file is None:
+            raise ValueError("hmac_accepted_file needs hmac_key_file")
+        if self.hmac_key_file is not None and not (
+            is_signable_name(self.node) and is_signable_name(self.node_name(0))
+        ):
+            raise ValueError(
+                "with an HMAC key, node and loop names are letters, digits, '.', '_', '-'"
+            )
 
-    def __repr__(self) -> str:
-        fields = (
-            f"{name}={'**********' if name == 'hmac_key' and self.hmac_key else repr(value)}"
-            for name, value in msgspec.structs.asdict(self).items()
-        )
-        return f"NodeConfig({', '.join(fields)})"
+    @property
+    def lease(self) -> float:
+        """The token lease in seconds: `token_lease`, else `default_lease`."""
+        return self.token_lease or default_lease(self.interval, self.replicas)
 
     @property
     def pod(self) -> str:
@@ -104,8 +197,10 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             return self.peer_template.replace("{ordinal}", str(ordinal))
         return None
 
-    def hmac_bytes(self) -> bytes | None:
-        return None if self.hmac_key is None else self.hmac_key.encode()
+    @property
+    def signed(self) -> bool:
+        """Whether round trips are signed (a key file is configured)."""
+        return self.hmac_key_file is not None
 
 
 # (field, env var, flag, help) for every setting; also the docs/node.md table.
@@ -124,6 +219,12 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
     ("bind", contract.ENV_BIND, "--bind", "address to listen on"),
     ("store", contract.ENV_STORE, "--store", "pod | file | memory"),
     ("state_dir", contract.ENV_STATE_DIR, "--state-dir", "directory of the file store"),
+    (
+        "decision_file",
+        contract.ENV_DECISION_FILE,
+        "--decision-file",
+        "file the node keeps its current decision in, for applications beside it",
+    ),
     ("interval", contract.ENV_INTERVAL, "--interval", "seconds between round trips"),
     ("timeout", contract.ENV_TIMEOUT, "--timeout", "round-trip timeout, seconds"),
     ("max_backoff", contract.ENV_MAX_BACKOFF, "--max-backoff", "cap of the backoff, seconds"),
@@ -135,8 +236,32 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
         "--token-loss-timeout",
         "seconds without news before the token is regenerated",
     ),
+    (
+        "token_lease",
+        contract.ENV_TOKEN_LEASE,
+        "--token-lease",
+        "seconds a holder acts after a majority vouched for it (0: 3 intervals)",
+    ),
     ("token_webhook", contract.ENV_TOKEN_WEBHOOK, "--token-webhook", "URL told acquire/release"),
-    ("hmac_key", contract.ENV_HMAC_KEY, "--hmac-key-file", "HMAC key (env) or a file holding it"),
+    (
+        "token_webhook_allowed_hosts",
+        contract.ENV_TOKEN_WEBHOOK_ALLOWED_HOSTS,
+        "--token-webhook-allowed-hosts",
+        "comma list of hosts the webhook may be on (default any)",
+    ),
+    ("hmac_key_file", contract.ENV_HMAC_KEY_FILE, "--hmac-key-file", "file of the HMAC key"),
+    (
+        "hmac_accepted_file",
+        contract.ENV_HMAC_ACCEPTED_FILE,
+        "--hmac-accepted-file",
+        "file of more accepted HMAC keys (rotation)",
+    ),
+    (
+        "faults_file",
+        contract.ENV_FAULTS_FILE,
+        "--faults-file",
+        "local mode's fault switch: JSON of blocked links (tests only)",
+    ),
 )
 
 
@@ -160,6 +285,11 @@ def _raw_from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> NodeConfig:
     """Build the configuration from `env` overridden by flags in `argv`; raises ConfigError."""
+    if env.get(contract.ENV_HMAC_KEY_LEGACY):
+        raise ConfigError(
+            f"{contract.ENV_HMAC_KEY_LEGACY} is not read: a key in the environment leaks;"
+            f" give a file holding it in {contract.ENV_HMAC_KEY_FILE} (or --hmac-key-file)"
+        )
     raw = _raw_from_env(env)
     if argv is not None:
         args = build_parser().parse_args(list(argv))
@@ -167,13 +297,9 @@ def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> NodeConfi
             value = getattr(args, field)
             if value is not None:
                 raw[field] = value
-        if args.hmac_key is not None:
-            try:
-                raw["hmac_key"] = pathlib.Path(args.hmac_key).read_text().strip()
-            except OSError as e:
-                raise ConfigError(f"--hmac-key-file: {e}") from e
-    if isinstance(raw.get("peers"), str):
-        raw["peers"] = tuple(p.strip() for p in raw["peers"].split(",") if p.strip())
+    for listed in ("peers", "token_webhook_allowed_hosts"):
+        if isinstance(raw.get(listed), str):
+            raw[listed] = tuple(p.strip() for p in raw[listed].split(",") if p.strip())
     if "state_dir" in raw and "store" not in raw:
         raw["store"] = "file"
     return make_config(raw)

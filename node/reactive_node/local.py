@@ -14,9 +14,12 @@ are plain functions over `NodeView` records, tested without processes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -29,9 +32,20 @@ from typing import Any, TextIO
 import aiohttp
 from aiohttp import web
 
-from reactive_node import contract
+from reactive_node import auth, codec, contract
+from reactive_node.codec import decode_state
+from reactive_node.store import write_atomically
 
 RUN_FILE = "run.json"
+#: `run --faults`: the fault switch the nodes re-read (reactive_node.faults).
+FAULTS_FILE = "faults.json"
+#: Held (flock) by the supervisor of the state dir for its whole life.
+SUPERVISOR_LOCK = "supervisor.lock"
+#: The last generation `set-target` allotted from this state dir, and its lock.
+GENERATION_FILE = "generation"
+GENERATION_LOCK = "generation.lock"
+#: `run --auth`: the key files of the loop, in the state dir (docs/node.md).
+HMAC_DIR = "hmac"
 POLL_SECONDS = 0.5
 POLL_TIMEOUT = 1.0
 RESTART_BACKOFF_MIN = 0.2
@@ -41,6 +55,14 @@ STOP_GRACE_SECONDS = 5.0
 HEALTHY_RUN_SECONDS = 10.0
 #: The view draws an edge faintly once it is this much older than the node's newest.
 STALE_EDGE_SECONDS = 5.0
+#: The web view's timeline: seconds kept, points and events kept (per node).
+TIMELINE_SECONDS = 300.0
+TIMELINE_POINTS = 900
+TIMELINE_EVENTS = 300
+#: The supervisor reads each node's /v1/history every this many polls (view only).
+HISTORY_EVERY_POLLS = 4
+#: Decision kinds the timeline shows (reactive_node.history.DECISIONS).
+TIMELINE_DECISIONS = ("adopt", "regenerate", "acquire", "release")
 
 
 class RunFileError(Exception):
@@ -62,6 +84,10 @@ class RunOptions:
     base_port: int | None
     loop: str = "local"
     bind: str = "127.0.0.1"
+    auth: bool = False
+    """Sign round trips with the keys in `<state-dir>/hmac/` (made if missing)."""
+    faults: bool = False
+    """Give the nodes the fault switch `<state-dir>/faults.json` (`reactive-loop chaos`)."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +99,15 @@ class RunFile:
     addresses: list[str]
     pids: list[int | None]
     view: str | None
+    faults: str | None = None
+    """The fault switch's path when the run has one (`run --faults`)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The timings the nodes run with (`reactive-loop chaos` states its bounds from them)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "faults": self.faults,
+            "settings": self.settings,
             "loop": self.loop,
             "supervisorPid": self.supervisor_pid,
             "nodes": [
@@ -97,6 +129,8 @@ def read_run_file(state_dir: Path) -> RunFile:
             addresses=[str(n["address"]) for n in nodes],
             pids=[None if n.get("pid") is None else int(n["pid"]) for n in nodes],
             view=raw.get("view"),
+            faults=None if raw.get("faults") is None else str(raw["faults"]),
+            settings=dict(raw.get("settings") or {}),
         )
     except FileNotFoundError:
         raise RunFileError(
@@ -228,8 +262,14 @@ def render_table(options: RunOptions, views: Sequence[NodeView], elapsed: float)
     return "\n".join(lines)
 
 
-def view_model(options: RunOptions, views: Sequence[NodeView], elapsed: float) -> dict[str, Any]:
-    """The JSON the web view polls: nodes with their phase, edges with their last outcome."""
+def view_model(
+    options: RunOptions,
+    views: Sequence[NodeView],
+    elapsed: float,
+    timeline: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON the web view polls: nodes with their phase, edges with their last
+    outcome, and the timeline (`Timeline.to_json`) when there is one."""
     by_address = {v.address: v.name for v in views}
     names = {v.name for v in views}
     # A node remembers its last few peers; an edge much older than its newest one
@@ -270,7 +310,156 @@ def view_model(options: RunOptions, views: Sequence[NodeView], elapsed: float) -
         "seconds": round(elapsed, 1),
         "converged": is_converged(options.behavior, views),
         "nodes": nodes,
+        "timeline": None if timeline is None else dict(timeline),
     }
+
+
+class Timeline:
+    """What the web view's timeline shows (docs/node.md is not involved: local
+    mode only): the loop's loops and waits per second from the nodes' counters,
+    each node's phase over time, its decisions (from `/v1/history`), and the
+    faults the supervisor sees: a node's process exiting, links cut by the
+    fault switch. Bounded: `TIMELINE_SECONDS` of time, and at most
+    `TIMELINE_POINTS` samples and `TIMELINE_EVENTS` events per node."""
+
+    def __init__(self, window: float = TIMELINE_SECONDS) -> None:
+        self.window = window
+        self.rates: collections.deque[tuple[float, float, float]] = collections.deque(
+            maxlen=TIMELINE_POINTS
+        )
+        self._counters: dict[str, tuple[float, int, int]] = {}
+        self.phases: dict[str, collections.deque[list[Any]]] = {}
+        self.decisions: dict[str, collections.deque[dict[str, Any]]] = {}
+        self.faults: collections.deque[dict[str, Any]] = collections.deque(maxlen=TIMELINE_EVENTS)
+        self.cursors: dict[str, tuple[int, int]] = {}
+        self._links: frozenset[tuple[str, str]] = frozenset()
+
+    def sample(self, now: float, views: Sequence[NodeView]) -> None:
+        """Take the nodes' counters and phases as last polled, at `now`."""
+        loops = waits = 0
+        elapsed: list[float] = []
+        for v in views:
+            phases = self.phases.setdefault(v.name, collections.deque(maxlen=TIMELINE_POINTS))
+            if phases and phases[-1][2] == v.phase:
+                phases[-1][1] = now
+            else:
+                if phases:
+                    phases[-1][1] = now
+                phases.append([now, now, v.phase])
+            if not v.reachable:
+                continue
+            counts = (v.counter("loops"), v.counter("waits"))
+            last = self._counters.get(v.name)
+            self._counters[v.name] = (now, *counts)
+            if last is None:
+                continue
+            # A restarted node counts from 0 again: its count is then all new.
+            loops += counts[0] - last[1] if counts[0] >= last[1] else counts[0]
+            waits += counts[1] - last[2] if counts[1] >= last[2] else counts[1]
+            elapsed.append(now - last[0])
+        if elapsed and max(elapsed) > 0:
+            dt = max(elapsed)
+            self.rates.append((now, round(loops / dt, 2), round(waits / dt, 2)))
+        self._trim(now)
+
+    def history(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Take a `/v1/history` answer of node `name` (asked with `since_for`)."""
+        entries = doc.get("entries")
+        boot, nxt = doc.get("boot"), doc.get("next")
+        if not isinstance(entries, list) or not isinstance(boot, int) or not isinstance(nxt, int):
+            return
+        known = self.cursors.get(name)
+        events = self.decisions.setdefault(name, collections.deque(maxlen=TIMELINE_EVENTS))
+        for e in entries:
+            if not isinstance(e, Mapping) or e.get("kind") not in TIMELINE_DECISIONS:
+                continue
+            if e.get("restored") and known is not None:
+                continue  # copies of entries already shown
+            if not isinstance(e.get("at"), int | float):
+                continue
+            event = {"at": float(e["at"]), "kind": e["kind"]}
+            for key in ("generation", "epoch"):
+                if key in e:
+                    event[key] = e[key]
+            events.append(event)
+        self.cursors[name] = (boot, nxt)
+
+    def since_for(self, name: str, boot: int | None) -> int | None:
+        """The `since` to ask node `name` with: None for a process not seen yet."""
+        known = self.cursors.get(name)
+        return known[1] if known is not None and known[0] == boot else None
+
+    def exited(self, name: str, now: float, code: int | None) -> None:
+        self.faults.append({"kind": "exit", "nodes": [name], "start": now, "code": code})
+
+    def links(self, now: float, blocked: frozenset[tuple[str, str]]) -> None:
+        """The fault switch's blocked links at `now` (a partition while non-empty)."""
+        if blocked == self._links:
+            return
+        for fault in self.faults:
+            if fault["kind"] == "partition" and fault.get("end") is None:
+                fault["end"] = now
+        if blocked:
+            nodes = sorted({n for link in blocked for n in link})
+            self.faults.append(
+                {
+                    "kind": "partition",
+                    "nodes": nodes,
+                    "links": sorted([list(link) for link in blocked]),
+                    "start": now,
+                    "end": None,
+                }
+            )
+        self._links = blocked
+
+    def _trim(self, now: float) -> None:
+        start = now - self.window
+        while self.rates and self.rates[0][0] < start:
+            self.rates.popleft()
+        for phases in self.phases.values():
+            while phases and phases[0][1] < start:
+                phases.popleft()
+        for events in self.decisions.values():
+            while events and events[0]["at"] < start:
+                events.popleft()
+        while self.faults and (self.faults[0].get("end") or self.faults[0]["start"]) < start:
+            self.faults.popleft()
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        names = sorted(set(self.phases) | set(self.decisions))
+        return {
+            "now": now,
+            "window": self.window,
+            "rates": [list(r) for r in self.rates],
+            "nodes": {
+                n: {
+                    "phases": [list(p) for p in self.phases.get(n, ())],
+                    "decisions": [dict(d) for d in self.decisions.get(n, ())],
+                }
+                for n in names
+            },
+            "faults": [dict(f) for f in self.faults],
+        }
+
+
+def key_files(state_dir: Path) -> tuple[Path, Path]:
+    """(primary, accepted): the key files of a local loop run with `--auth`."""
+    folder = state_dir.resolve() / HMAC_DIR
+    return folder / contract.HMAC_SECRET_PRIMARY, folder / contract.HMAC_SECRET_ACCEPTED
+
+
+def ensure_keys(state_dir: Path) -> auth.Keyring:
+    """The keyring of `<state-dir>/hmac/`: a random primary key (and an empty
+    accepted file) is made where none exists; existing files are kept (and
+    checked: BadKey if they cannot be used). Only the user may read them."""
+    primary, accepted = key_files(state_dir)
+    primary.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path, text in ((primary, secrets.token_hex(32) + "\n"), (accepted, "")):
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+    return auth.load_keyring(primary, accepted)
 
 
 def node_environment(options: RunOptions, ordinal: int, addresses: Sequence[str]) -> dict[str, str]:
@@ -290,7 +479,35 @@ def node_environment(options: RunOptions, ordinal: int, addresses: Sequence[str]
     }
     if options.interval is not None:
         env[contract.ENV_INTERVAL] = repr(options.interval)
+    if options.auth:
+        primary, accepted = key_files(options.state_dir)
+        env[contract.ENV_HMAC_KEY_FILE] = str(primary)
+        env[contract.ENV_HMAC_ACCEPTED_FILE] = str(accepted)
+    if options.faults:
+        env[contract.ENV_FAULTS_FILE] = str(options.state_dir.resolve() / FAULTS_FILE)
     return env
+
+
+def node_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The timings a node started with `env` runs with (empty if its config is bad:
+    the node then refuses to start and says why)."""
+    from reactive_node.config import ConfigError, load_config
+
+    try:
+        config = load_config(None, env)
+    except (ConfigError, ValueError):
+        return {}
+    return {
+        "behavior": config.behavior,
+        "topology": config.topology,
+        "replicas": config.replicas,
+        "interval": config.interval,
+        "timeout": config.timeout,
+        "maxBackoff": config.max_backoff,
+        "tokenHold": config.token_hold,
+        "tokenLossTimeout": config.token_loss_timeout,
+        "tokenLease": config.lease,
+    }
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -316,6 +533,51 @@ def injected_state(generations: Sequence[int | None], target: Any) -> dict[str, 
     return {"generation": newest + 1, "target": target}
 
 
+class GenerationError(Exception):
+    """No new generation can be allotted (the newest is at the bound)."""
+
+
+def _stored_generations(state_dir: Path) -> list[int]:
+    """The generations the node state files of `state_dir` hold (unreadable ones skipped)."""
+    found = []
+    for path in state_dir.glob("*.json"):
+        if path.name == RUN_FILE:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            generation = _generation_of({"state": decode_state(path.read_text("utf-8"))})
+            if generation is not None:
+                found.append(generation)
+    return found
+
+
+def _lock_for_injection(state_dir: Path) -> TextIO:
+    """Wait for and hold the state dir's injection lock (until the file is closed)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = (state_dir / GENERATION_LOCK).open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
+def allot_generation(state_dir: Path, seen: Sequence[int | None]) -> int:
+    """A generation no other `set-target` on this state dir ever gets: one above the
+    last one allotted here, every generation `seen` and every state file's, and
+    recorded before it is used. The caller holds the injection lock."""
+    counter = state_dir / GENERATION_FILE
+    last = 0
+    with contextlib.suppress(OSError, ValueError):
+        last = int(counter.read_text().strip())
+    known = [g for g in seen if g is not None]
+    generation = max([last, *known, *_stored_generations(state_dir)]) + 1
+    if generation > contract.MAX_STATE_INT:
+        raise GenerationError(f"generation {generation} would be above the bound")
+    write_atomically(counter, f"{generation}\n")
+    return generation
+
+
 def _generation_of(body: Mapping[str, Any]) -> int | None:
     summary = body.get("summary")
     if isinstance(summary, Mapping) and isinstance(summary.get("generation"), int):
@@ -335,14 +597,45 @@ class InjectResult:
 
 
 async def set_target(
-    target: Any, addresses: Sequence[str], *, request_timeout: float = 2.0
+    target: Any,
+    addresses: Sequence[str],
+    *,
+    request_timeout: float = 2.0,
+    state_dir: Path | None = None,
+    keys: auth.Keyring | None = None,
 ) -> InjectResult:
     """Inject `target` by a round trip to one reachable node, as the operator does.
 
     Reads every node's generation first, so the injected generation is above
     all of them; then tries the nodes in order until one answers 200 holding
     the injected generation.
+
+    With a `state_dir`, injections from it are one at a time (an exclusive
+    lock on the state dir) and the generation is allotted by
+    `allot_generation`: unique even when injections race or the node holding
+    the newest generation is unreachable, and a later injection always gets a
+    higher generation, so it can never lose to an earlier one.
+
+    With `keys`, each round trip is signed with the primary key, addressed to
+    the node that `/v1/state` named at that address.
     """
+    if state_dir is None:
+        return await _inject(target, addresses, request_timeout, None, keys)
+    try:
+        lock = await asyncio.to_thread(_lock_for_injection, state_dir)
+    except OSError as e:
+        return InjectResult(ok=False, failures=[f"cannot lock {state_dir}: {e}"])
+    with lock:
+        return await _inject(target, addresses, request_timeout, state_dir, keys)
+
+
+async def _inject(
+    target: Any,
+    addresses: Sequence[str],
+    request_timeout: float,
+    state_dir: Path | None,
+    keys: auth.Keyring | None,
+) -> InjectResult:
     result = InjectResult(ok=False)
     client_timeout = aiohttp.ClientTimeout(total=request_timeout)
     async with aiohttp.ClientSession(timeout=client_timeout) as session:
@@ -363,19 +656,41 @@ async def set_target(
         reachable = [(a, s) for a, s in zip(addresses, states, strict=True) if s is not None]
         if not reachable:
             return result
-        state = injected_state([_generation_of(s) for _, s in reachable], target)
+        seen = [_generation_of(s) for _, s in reachable]
+        state = injected_state(seen, target)
+        if state_dir is not None:
+            try:
+                state["generation"] = await asyncio.to_thread(allot_generation, state_dir, seen)
+            except (OSError, GenerationError) as e:
+                result.failures.append(f"cannot allot a generation in {state_dir}: {e}")
+                return result
         boot = time.time_ns()
         for seq, (address, known) in enumerate(reachable, start=1):
-            body = {
-                "loop": known.get("loop"),
-                "from": contract.OPERATOR_SENDER,
-                "boot": boot,
-                "seq": seq,
-                "state": state,
-            }
+            try:
+                # Version 1 (the codec's default): every node version accepts it.
+                request = codec.make_request(
+                    str(known.get("loop")), contract.OPERATOR_SENDER, boot, seq, state
+                )
+            except codec.BadBody as e:
+                result.failures.append(f"{address}: {e}")
+                continue
+            data = codec.encode(request)
+            headers = {"Content-Type": "application/json"}
+            if keys is not None:
+                try:
+                    headers[contract.SIGNATURE_HEADER] = auth.sign(
+                        keys,
+                        sender=contract.OPERATOR_SENDER,
+                        recipient=str(known.get("node")),
+                        body=data,
+                        now=time.time(),
+                    )
+                except ValueError as e:
+                    result.failures.append(f"{address}: cannot sign: {e}")
+                    continue
             try:
                 async with session.post(
-                    f"http://{address}{contract.ROUNDTRIP_PATH}", json=body
+                    f"http://{address}{contract.ROUNDTRIP_PATH}", data=data, headers=headers
                 ) as r:
                     answer = await r.json(content_type=None)
                     if r.status != 200:
@@ -393,9 +708,16 @@ async def set_target(
 
 
 async def set_target_command(
-    target: Any, addresses: Sequence[str], *, request_timeout: float
+    target: Any,
+    addresses: Sequence[str],
+    *,
+    request_timeout: float,
+    state_dir: Path | None,
+    keys: auth.Keyring | None = None,
 ) -> int:
-    result = await set_target(target, addresses, request_timeout=request_timeout)
+    result = await set_target(
+        target, addresses, request_timeout=request_timeout, state_dir=state_dir, keys=keys
+    )
     for failure in result.failures:
         print(f"set-target: {failure}", file=sys.stderr)
     if not result.ok:
@@ -440,6 +762,9 @@ class Supervisor:
             for i in range(options.nodes)
         ]
         self.view_url: str | None = None
+        self.faults_path = options.state_dir.resolve() / FAULTS_FILE if options.faults else None
+        self.settings = node_settings({**os.environ, **self.nodes[0].env}) if self.nodes else {}
+        self.timeline = Timeline()
 
     @property
     def views(self) -> list[NodeView]:
@@ -479,6 +804,7 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             node.view.restarts += 1
+            self.timeline.exited(node.view.name, time.time(), code)
             print(
                 f"{node.view.name} exited with {code}; restarting (see {node.log})",
                 file=sys.stderr,
@@ -509,9 +835,42 @@ class Supervisor:
 
         await asyncio.gather(*(one(v) for v in self.views))
 
+    async def _poll_history(self, session: aiohttp.ClientSession) -> None:
+        """Read each node's new decisions for the web view's timeline."""
+
+        async def one(view: NodeView) -> None:
+            if not view.reachable or view.state is None:
+                return
+            boot = view.state.get("boot")
+            since = self.timeline.since_for(view.name, boot if isinstance(boot, int) else None)
+            query = "" if since is None else f"?since={since}"
+            try:
+                async with session.get(f"http://{view.address}{contract.HISTORY_PATH}{query}") as r:
+                    body = await r.json(content_type=None)
+                    if r.status == 200 and isinstance(body, Mapping):
+                        self.timeline.history(view.name, body)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return
+
+        await asyncio.gather(*(one(v) for v in self.views))
+
+    def _read_links(self) -> None:
+        if self.faults_path is None:
+            return
+        from reactive_node.faults import parse_faults
+
+        with contextlib.suppress(OSError, ValueError):
+            self.timeline.links(time.time(), parse_faults(self.faults_path.read_bytes()))
+
     async def _poll_forever(self, session: aiohttp.ClientSession) -> None:
+        polls = 0
         while not self.stopping.is_set():
             await self._poll(session)
+            self.timeline.sample(time.time(), self.views)
+            self._read_links()
+            if self.options.view_port is not None and polls % HISTORY_EVERY_POLLS == 0:
+                await self._poll_history(session)
+            polls += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), POLL_SECONDS)
 
@@ -536,6 +895,8 @@ class Supervisor:
             addresses=[v.address for v in self.views],
             pids=[v.pid if v.running else None for v in self.views],
             view=self.view_url,
+            faults=str(self.faults_path) if self.faults_path is not None else None,
+            settings=self.settings,
         )
         path = self.options.state_dir / RUN_FILE
         tmp = path.with_suffix(".tmp")
@@ -555,22 +916,49 @@ class Supervisor:
                     p.kill()
                 await p.wait()
 
-    def _check_not_running(self) -> None:
-        with contextlib.suppress(RunFileError):
-            other = read_run_file(self.options.state_dir)
-            if other.supervisor_pid != os.getpid() and _alive(other.supervisor_pid):
-                raise RunFileError(
-                    f"a loop already runs from {self.options.state_dir} "
-                    f"(pid {other.supervisor_pid}); stop it or use another --state-dir"
-                )
+    def _lock_state_dir(self) -> TextIO:
+        """Hold the state dir's supervisor lock (until the returned file is closed,
+        or the process ends); RunFileError if another live supervisor holds it."""
+        lock = (self.options.state_dir / SUPERVISOR_LOCK).open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            other = "another process"
+            with contextlib.suppress(RunFileError):
+                other = f"pid {read_run_file(self.options.state_dir).supervisor_pid}"
+            raise RunFileError(
+                f"a loop already runs from {self.options.state_dir} ({other}); "
+                "stop it or use another --state-dir"
+            ) from None
+        return lock
 
     async def run(self) -> int:
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._check_not_running()
+            lock = self._lock_state_dir()
         except RunFileError as e:
             print(f"reactive-loop run: {e}", file=sys.stderr)
             return 1
+        with lock:
+            if self.faults_path is not None:  # every run starts with every link up
+                from reactive_node.faults import encode_faults
+
+                write_atomically(self.faults_path, encode_faults(()).decode())
+            if self.options.auth:
+                try:
+                    keys = ensure_keys(self.options.state_dir)
+                except (auth.BadKey, OSError) as e:
+                    print(f"reactive-loop run: {e}", file=sys.stderr)
+                    return 2
+                print(
+                    f"signed round trips: keys in {key_files(self.options.state_dir)[0].parent}"
+                    f" (primary {keys.primary_id})",
+                    file=sys.stderr,
+                )
+            return await self._run()
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -582,7 +970,14 @@ class Supervisor:
             if self.options.view_port is not None:
                 from reactive_node.view import create_view_app
 
-                app = create_view_app(lambda: view_model(self.options, self.views, self.elapsed()))
+                app = create_view_app(
+                    lambda: view_model(
+                        self.options,
+                        self.views,
+                        self.elapsed(),
+                        self.timeline.to_json(time.time()),
+                    )
+                )
                 runner = web.AppRunner(app, access_log=None)
                 await runner.setup()
                 await web.TCPSite(runner, self.options.bind, self.options.view_port).start()
@@ -623,16 +1018,6 @@ class Supervisor:
             self.out.write(final_table + "\n")
         self.out.flush()
         return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def run(options: RunOptions) -> int:

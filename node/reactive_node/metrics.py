@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import contract
 
-PHASES = ("starting", "looping", "waiting")
+PHASES = ("starting", "looping", "waiting", "suspended")
 WRITE_RESULTS = ("ok", "conflict", "error")
 ROUNDTRIP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -100,7 +100,8 @@ class NodeMetrics:
         self.last_loop = self._last_loop.labels(*values)
         self._phase = Gauge(
             contract.M_PHASE,
-            "1 for the phase this node is in (starting, looping, waiting), 0 for the others.",
+            "1 for the phase this node is in (starting, looping, waiting, suspended),"
+            " 0 for the others.",
             (*labels, "phase"),
             registry=registry,
         )

@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .app import create_app
+from .app import NodeRunner, create_app
+from .auth import BadKey, load_keyring
 from .behaviors import BehaviorLoadError, load_behavior
 from .config import ConfigError, NodeConfig, load_config
 from .store import FileStore, MemoryStore, StateStore
@@ -45,7 +46,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event) -> None:
     behavior = load_behavior(config.behavior)
     store = make_store(config)
     app = create_app(config, store, CollectorRegistry(), behavior=behavior)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = NodeRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.bind, config.port)
@@ -95,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(list(sys.argv[1:] if argv is None else argv), os.environ)
         load_behavior(config.behavior)
-    except (ConfigError, BehaviorLoadError) as e:
+        if config.hmac_key_file is not None:
+            # Refuse an empty, short or unreadable key now, with the file's name.
+            load_keyring(config.hmac_key_file, config.hmac_accepted_file)
+    except (ConfigError, BehaviorLoadError, BadKey) as e:
         print(f"reactive-loop node: {e}", file=sys.stderr)
         return 2
     run_node(config)

@@ -17,14 +17,48 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from .contract import MAX_REPLICAS
+
+#: A state file larger than this is not read (an annotation cannot be larger either).
+MAX_STATE_FILE_BYTES = 256 * 1024
+
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """What a store holds now: the state text (None if never written) and,
-    for the pod store, the operator-owned replica count."""
+    for the pod store, the operator-owned replica count.
+
+    A store never raises for what it *read*: a state it could not read as text
+    comes as `raw=None` with `error` saying why, a replica count that is not one
+    as `replicas=None` with `replicas_error`. The node reports both (`stateError`)
+    and keeps its last good state; only a store it cannot reach at all raises."""
 
     raw: str | None
     replicas: int | None = None
+    error: str | None = None
+    replicas_error: str | None = None
+    suspended: bool = False
+    """The operator's suspended annotation says "true" (pod store only)."""
+    inject: str | None = None
+    """The operator's inject annotation as text, unchecked (pod store only; the
+    node validates it like a round trip's state)."""
+
+
+def parse_replicas(text: object) -> tuple[int | None, str | None]:
+    """The replicas annotation as (count, None), or (None, why) for anything that is
+    not a decimal count 1..MAX_REPLICAS; None (no annotation) is (None, None)."""
+    if text is None:
+        return None, None
+    shown = repr(text)[:40]
+    if not isinstance(text, str):
+        return None, f"replicas annotation {shown} is not a string"
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 6):
+        return None, f"replicas annotation {shown} is not a whole number"
+    count = int(digits)
+    if not 1 <= count <= MAX_REPLICAS:
+        return None, f"replicas annotation {shown} is not within 1..{MAX_REPLICAS}"
+    return count, None
 
 
 class StoreError(Exception):
@@ -60,9 +94,12 @@ class StateStore(Protocol):
 class MemoryStore:
     """State in memory. `edit()` simulates a change made by someone else."""
 
-    def __init__(self, raw: str | None = None, replicas: int | None = None) -> None:
+    def __init__(self, raw: str | None = None, replicas: int | str | None = None) -> None:
         self.raw = raw
         self.replicas = replicas
+        """A count, or a string read like the pod store's replicas annotation."""
+        self.suspended = False
+        """What the pod store's suspended annotation would say."""
         self.writes = 0
         self.fail_saves = 0
         """Number of next saves that raise `StoreError` (for tests)."""
@@ -74,7 +111,13 @@ class MemoryStore:
         if self.fail_loads > 0:
             self.fail_loads -= 1
             raise StoreError("memory store told to fail")
-        return Snapshot(self.raw, self.replicas)
+        return self._snapshot()
+
+    def _snapshot(self) -> Snapshot:
+        if isinstance(self.replicas, str):
+            replicas, problem = parse_replicas(self.replicas)
+            return Snapshot(self.raw, replicas, replicas_error=problem, suspended=self.suspended)
+        return Snapshot(self.raw, self.replicas, suspended=self.suspended)
 
     async def save(self, text: str) -> None:
         if self.fail_saves > 0:
@@ -83,12 +126,19 @@ class MemoryStore:
         self.raw = text
         self.writes += 1
 
-    def edit(self, raw: str | None = None, replicas: int | None = None) -> None:
+    def edit(
+        self,
+        raw: str | None = None,
+        replicas: int | str | None = None,
+        suspended: bool | None = None,
+    ) -> None:
         if raw is not None:
             self.raw = raw
         if replicas is not None:
             self.replicas = replicas
-        self._events.put_nowait(Snapshot(self.raw, self.replicas))
+        if suspended is not None:
+            self.suspended = suspended
+        self._events.put_nowait(self._snapshot())
 
     async def watch(self) -> AsyncIterator[Snapshot]:
         while True:
@@ -139,16 +189,24 @@ class FileStore:
         self.poll_interval = poll_interval
         self._last: str | None = None
 
-    def _read(self) -> str | None:
+    def _read(self) -> Snapshot:
+        """The file as text (bytes that are not UTF-8 as surrogate escapes, which
+        the node refuses); an unreadable or oversized file is a Snapshot error."""
         try:
-            return self.path.read_text(encoding="utf-8")
+            with self.path.open("rb") as f:
+                data = f.read(MAX_STATE_FILE_BYTES + 1)
         except FileNotFoundError:
-            return None
+            return Snapshot(None)
+        except OSError as e:
+            return Snapshot(None, error=f"cannot read {self.path}: {e.strerror or e}")
+        if len(data) > MAX_STATE_FILE_BYTES:
+            return Snapshot(None, error=f"{self.path} is over {MAX_STATE_FILE_BYTES} bytes")
+        return Snapshot(data.decode("utf-8", "surrogateescape"))
 
     async def load(self) -> Snapshot:
-        raw = await asyncio.to_thread(self._read)
-        self._last = raw
-        return Snapshot(raw)
+        snapshot = await asyncio.to_thread(self._read)
+        self._last = snapshot.raw if snapshot.error is None else snapshot.error
+        return snapshot
 
     async def save(self, text: str) -> None:
         try:
@@ -161,13 +219,11 @@ class FileStore:
     async def watch(self) -> AsyncIterator[Snapshot]:
         while True:
             await asyncio.sleep(self.poll_interval)
-            try:
-                raw = await asyncio.to_thread(self._read)
-            except OSError:
-                continue
-            if raw is not None and raw != self._last:
-                self._last = raw
-                yield Snapshot(raw)
+            snapshot = await asyncio.to_thread(self._read)
+            seen = snapshot.raw if snapshot.error is None else snapshot.error
+            if seen is not None and seen != self._last:
+                self._last = seen
+                yield snapshot
 
     async def close(self) -> None:
         return None

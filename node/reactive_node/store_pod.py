@@ -5,9 +5,12 @@ so this store reads its pod, patches one annotation with the pod's
 resourceVersion as a precondition (a conflict means someone else wrote: the
 store re-reads and the node decides again), and watches its own pod through a
 `metadata.name` field selector to pick up `kubectl annotate` and the
-operator-owned replica count. It never creates Events: an invalid annotation
-is reported by the node in `/v1/state` and metrics, and the operator raises
-the Event and condition.
+operator-owned annotations: the replica count, the suspended flag and the
+injected target (`reactive-loop.dev/inject`, handed on as text; the node
+validates it). The watch is already open for those, so an injection costs the
+API server no request of its own. It never creates Events: an invalid
+annotation is reported by the node in `/v1/state` and metrics, and the
+operator raises the Event and condition.
 
 It speaks to the API server with aiohttp (`KubeClient`), not a generated
 client: those three calls are all it needs, and importing a full Kubernetes
@@ -32,7 +35,7 @@ import aiohttp
 
 from . import contract
 from .backoff import Backoff
-from .store import Snapshot, StoreConflict, StoreError
+from .store import Snapshot, StoreConflict, StoreError, parse_replicas
 
 log = logging.getLogger(__name__)
 
@@ -296,12 +299,22 @@ def _snapshot(pod: Mapping[str, Any]) -> Snapshot:
     annotations = _metadata(pod).get("annotations") or {}
     if not isinstance(annotations, dict):
         annotations = {}
-    replicas_text = annotations.get(contract.REPLICAS_ANNOTATION)
-    replicas = None
-    if isinstance(replicas_text, str) and replicas_text.strip().isdigit():
-        replicas = int(replicas_text)
+    replicas, replicas_error = parse_replicas(annotations.get(contract.REPLICAS_ANNOTATION))
     raw = annotations.get(contract.STATE_ANNOTATION)
-    return Snapshot(raw if isinstance(raw, str) else None, replicas)
+    error = None
+    if raw is not None and not isinstance(raw, str):
+        raw, error = None, f"annotation {contract.STATE_ANNOTATION} is not a string"
+    suspended = annotations.get(contract.SUSPENDED_ANNOTATION) == "true"
+    inject = annotations.get(contract.INJECT_ANNOTATION)
+    return Snapshot(
+        raw,
+        replicas,
+        error=error,
+        replicas_error=replicas_error,
+        suspended=suspended,
+        # The API server keeps only strings; anything else is no injection.
+        inject=inject if isinstance(inject, str) else None,
+    )
 
 
 class PodStore:

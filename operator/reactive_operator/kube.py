@@ -7,7 +7,7 @@ lands in logs or events.
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,11 +45,22 @@ def _translate(e: ApiException) -> KubeError:
     return _error(int(e.status or 0), body if isinstance(body, bytes) else str(body).encode())
 
 
+#: The longest any one API request may take. Without it a request on a
+#: connection that died silently (no RST, no keepalive) waits forever; the
+#: cancelled request closes that connection and the next one opens a new one.
+REQUEST_TIMEOUT_SECONDS = 30.0
+
+
 async def _call(coro: Awaitable[Any]) -> Any:
     try:
-        return await coro
+        async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
+            return await coro
     except ApiException as e:
         raise _translate(e) from e
+    except TimeoutError as e:
+        raise KubeError(
+            0, f"the API server did not answer within {REQUEST_TIMEOUT_SECONDS:g}s"
+        ) from e
 
 
 def _error(status: int, raw: bytes) -> KubeError:
@@ -106,6 +117,7 @@ class Kube:
         self.rbac = client.RbacAuthorizationV1Api(api)
         self.net = client.NetworkingV1Api(api)
         self.coord = client.CoordinationV1Api(api)
+        self.policy = client.PolicyV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
     @classmethod
@@ -134,6 +146,7 @@ class Kube:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
             "NetworkPolicy": self.net.create_namespaced_network_policy,
+            "PodDisruptionBudget": self.policy.create_namespaced_pod_disruption_budget,
         }
         return table[kind]
 
@@ -146,6 +159,24 @@ class Kube:
             return False
         return True
 
+    async def create_secret(self, manifest: Mapping[str, Any]) -> str | None:
+        """Create a Secret and return the uid the API server gave it; None if one
+        of that name exists. Nothing is read: the operator holds `create` only
+        on Secrets (docs/operator.md, "Cluster-wide mode and Secrets"), so an
+        existing one is neither read nor changed, and the uid of the operator's
+        own create is how it recognises its Secret later."""
+        ns = manifest["metadata"]["namespace"]
+        try:
+            created = await _json(
+                self.core.create_namespaced_secret(ns, dict(manifest), _preload_content=False)  # type: ignore[arg-type]
+            )
+        except Conflict:
+            return None
+        uid = (created or {}).get("metadata", {}).get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise KubeError(0, "the API server created the Secret but returned no uid")
+        return uid
+
     async def _delete(self, fn: Callable[..., Awaitable[Any]], ns: str, name: str) -> bool:
         try:
             await _json(fn(name, ns, _preload_content=False))
@@ -155,6 +186,9 @@ class Kube:
 
     async def delete_pod(self, ns: str, name: str) -> bool:
         return await self._delete(self.core.delete_namespaced_pod, ns, name)
+
+    async def delete_pdb(self, ns: str, name: str) -> bool:
+        return await self._delete(self.policy.delete_namespaced_pod_disruption_budget, ns, name)
 
     async def delete_node_rbac(self, ns: str, name: str) -> None:
         """RoleBinding, Role and ServiceAccount of one node (all named after its pod)."""
@@ -171,13 +205,27 @@ class Kube:
         )
         return [str(item["metadata"]["name"]) for item in data.get("items", [])]
 
-    async def secret_value(self, ns: str, name: str, key: str) -> bytes | None:
+    async def read_pdb(self, ns: str, name: str) -> Manifest | None:
+        """The PodDisruptionBudget as the API returns it, or None."""
         try:
-            data = await _json(self.core.read_namespaced_secret(name, ns, _preload_content=False))
+            data = await _json(
+                self.policy.read_namespaced_pod_disruption_budget(name, ns, _preload_content=False)
+            )
         except NotFound:
             return None
-        raw = (data.get("data") or {}).get(key)
-        return base64.b64decode(raw) if raw else None
+        return dict(data)
+
+    async def patch_pdb(self, ns: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch a PodDisruptionBudget."""
+        await _json(
+            self.policy.patch_namespaced_pod_disruption_budget(
+                name,
+                ns,
+                dict(patch),
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+                _preload_content=False,
+            )
+        )
 
     async def get_loop(self, ns: str, name: str) -> Manifest | None:
         try:
@@ -199,6 +247,20 @@ class Kube:
                 name,
                 ns,
                 {"metadata": {"annotations": dict(annotations)}},
+                _preload_content=False,
+            )
+        )
+
+    async def write_injection(self, ns: str, pod: str, text: str) -> None:
+        """Set the operator-owned inject annotation of one node pod to `text`
+        (`builders.injection_text`): the node takes the target from its pod watch.
+        A merge patch of that one key; a missing pod raises NotFound."""
+        await _json(
+            self.core.patch_namespaced_pod(
+                pod,
+                ns,
+                {"metadata": {"annotations": {c.INJECT_ANNOTATION: text}}},
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]
                 _preload_content=False,
             )
         )

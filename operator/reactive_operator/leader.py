@@ -51,21 +51,37 @@ class Elector:
         # The Lease is owned by this replica's pod when it runs in one (see config.pod_uid).
         self.owner_pod = None if owner_uid is None else (identity, owner_uid)
 
+    @property
+    def attempt_seconds(self) -> float:
+        """How long one attempt (read, then write) may take: a third of the
+        lease, so a renewal that hangs is given up while the lease still holds."""
+        return self.duration / 3
+
     async def try_once(self) -> bool:
-        """One attempt to acquire or renew; True if we hold the Lease afterwards."""
-        record = await self.kube.read_lease(self.namespace, self.name)
-        now = self.clock()
-        if not may_take(record, self.identity, now):
-            return False
-        return await self.kube.write_lease(
-            self.namespace,
-            self.name,
-            holder=self.identity,
-            duration_seconds=self.duration,
-            now=now,
-            previous=record,
-            owner_pod=self.owner_pod,
-        )
+        """One attempt to acquire or renew; True if we hold the Lease afterwards.
+
+        Raises KubeError when the API server refuses or does not answer within
+        `attempt_seconds` (a standby whose request hangs on a dead connection
+        would otherwise wait forever and never take over)."""
+        try:
+            async with asyncio.timeout(self.attempt_seconds):
+                record = await self.kube.read_lease(self.namespace, self.name)
+                now = self.clock()
+                if not may_take(record, self.identity, now):
+                    log.debug("lease held by %s, renewed %s", record and record.holder,
+                              record and record.renewed)  # fmt: skip
+                    return False
+                return await self.kube.write_lease(
+                    self.namespace,
+                    self.name,
+                    holder=self.identity,
+                    duration_seconds=self.duration,
+                    now=now,
+                    previous=record,
+                    owner_pod=self.owner_pod,
+                )
+        except TimeoutError as e:
+            raise KubeError(0, f"no answer within {self.attempt_seconds:g}s") from e
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until we lead (True) or `stop` is set (False)."""
@@ -113,19 +129,20 @@ class Elector:
             return
         self.leading = False
         try:
-            record = await self.kube.read_lease(self.namespace, self.name)
-            if record is not None and record.holder == self.identity:
-                await self.kube.write_lease(
-                    self.namespace,
-                    self.name,
-                    holder="",
-                    duration_seconds=self.duration,
-                    now=self.clock(),
-                    previous=record,
-                    owner_pod=self.owner_pod,
-                )
-        except KubeError as e:
-            log.warning("releasing lease: %s", e)
+            async with asyncio.timeout(self.attempt_seconds):
+                record = await self.kube.read_lease(self.namespace, self.name)
+                if record is not None and record.holder == self.identity:
+                    await self.kube.write_lease(
+                        self.namespace,
+                        self.name,
+                        holder="",
+                        duration_seconds=self.duration,
+                        now=self.clock(),
+                        previous=record,
+                        owner_pod=self.owner_pod,
+                    )
+        except (KubeError, TimeoutError) as e:
+            log.warning("releasing lease: %s", e or "no answer")
 
     async def _taken(self) -> bool:
         try:

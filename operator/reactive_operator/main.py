@@ -9,16 +9,19 @@ health server answers /healthz (the process and its event loop live),
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.aiohttp import make_aiohttp_handler
 from reactive_node import contract as c
 
@@ -28,6 +31,7 @@ from .kube import Kube
 from .leader import Elector
 from .metrics import OperatorMetrics
 from .nodes import NodeClient
+from .reconcile import Deps
 
 log = logging.getLogger("reactive_operator")
 
@@ -66,22 +70,58 @@ def create_app(registry: CollectorRegistry, health: Health) -> web.Application:
     return app
 
 
+KOPF_PREFIX = "kopf.reactive-loop.dev"
+#: The one name every Event of the operator comes from (kopf's and our own).
+EVENT_SOURCE = "reactive-loop-operator"
+
+
+class SpecDigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled configuration as a digest of `spec`, never a copy of it.
+
+    kopf compares the stored essence with the current one to call the update
+    handler (`field="spec"`); the operator never reads the old spec (each pass
+    decides from the current one), so a SHA-256 of the spec detects exactly the
+    same changes. The annotation stays about 100 bytes whatever the spec's size,
+    so a spec near the API's limits cannot make kopf's patch exceed the 256 KiB
+    annotation budget; labels and annotations (kopf's default essence, which
+    would copy them too) are left out: no handler watches them.
+    """
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        spec = body.get("spec") or {}
+        text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+        return {"spec": {"sha256": hashlib.sha256(text.encode()).hexdigest()}}
+
+
 def kopf_settings(cfg: OperatorConfig) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Keep kopf's bookkeeping in annotations of the ReactiveLoop: the status
     # schema is structural, so kopf's default status fields would be pruned.
-    prefix = "kopf.reactive-loop.dev"
+    # Both stay small: progress only while a handler retries, the diff base a digest.
+    prefix = KOPF_PREFIX
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = SpecDigestDiffBaseStorage(
         prefix=prefix, key="last-handled-configuration"
     )
     settings.persistence.finalizer = prefix + "/finalizer"
     settings.peering.standalone = True  # the Lease elects the one active replica
     settings.posting.level = logging.INFO
+    settings.posting.reporting_component = EVENT_SOURCE
+    settings.posting.reporting_instance = cfg.identity
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     return settings
+
+
+class Acquirer(Protocol):
+    async def acquire(self, stop: asyncio.Event) -> bool: ...
+
+
+async def lead(elector: Acquirer | None, stop: asyncio.Event) -> bool:
+    """Wait until this replica leads (at once without an elector). False if
+    `stop` came first."""
+    return elector is None or await elector.acquire(stop)
 
 
 async def run(cfg: OperatorConfig) -> int:
@@ -91,6 +131,8 @@ async def run(cfg: OperatorConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     registry = CollectorRegistry()
+    # process_resident_memory_bytes, process_cpu_seconds_total: the operator's own cost.
+    ProcessCollector(registry=registry)
     metrics = OperatorMetrics(registry)
     health = Health()
     runner = web.AppRunner(create_app(registry, health), access_log=None)
@@ -113,11 +155,11 @@ async def run(cfg: OperatorConfig) -> int:
                     owner_uid=cfg.pod_uid,
                 )
                 health.phase = "standby"
-                if not await elector.acquire(stop):
-                    return 0
+            if not await lead(elector, stop):
+                return 0
             health.phase = "leading"
             registry_k = kopf.OperatorRegistry()
-            handlers.register(registry_k, handlers.Deps(cfg, kube, nodes, metrics))
+            handlers.register(registry_k, Deps(cfg, kube, nodes, metrics))
             lost = False
 
             async def on_lost() -> None:

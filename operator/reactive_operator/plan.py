@@ -9,12 +9,19 @@ carries out the result. Rules:
   operator-owned replicas annotation;
 - a Failed or Succeeded pod is deleted so that it is recreated;
 - a pod whose spec-hash differs from the desired one is rolled (deleted,
-  then recreated) one at a time, and only while every other node is ready.
+  then recreated) one at a time, and only while every other node is ready;
+- while the loop is suspended nothing is created, deleted or rolled: only the
+  operator-owned suspended annotation is set (the nodes then start no round
+  trip); on resume it is cleared and the rules above apply again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from reactive_node import contract as c
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,34 @@ class PodView:
     ready: bool = False
     deleting: bool = False
     ip: str | None = None
+    suspended_annotation: str | None = None
+
+
+def pod_view(
+    name: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any],
+) -> PodView | None:
+    """The plan's view of a pod, or None if it is not a proper node pod."""
+    try:
+        ordinal = int(labels.get(c.ORDINAL_LABEL, ""))
+    except ValueError:
+        return None
+    conditions = status.get("conditions") or []
+    ready = any(x.get("type") == "Ready" and x.get("status") == "True" for x in conditions)
+    return PodView(
+        name=name,
+        ordinal=ordinal,
+        spec_hash=annotations.get(c.SPEC_HASH_ANNOTATION),
+        replicas_annotation=annotations.get(c.REPLICAS_ANNOTATION),
+        suspended_annotation=annotations.get(c.SUSPENDED_ANNOTATION),
+        phase=str(status.get("phase") or "Pending"),
+        ready=ready,
+        deleting=meta.get("deletionTimestamp") is not None,
+        ip=status.get("podIP") or None,
+    )
 
 
 @dataclass(frozen=True)
@@ -38,6 +73,8 @@ class Plan:
     delete_pods: tuple[str, ...] = ()
     delete_rbac: tuple[int, ...] = ()
     annotate_replicas: tuple[str, ...] = ()
+    annotate_suspended: tuple[str, ...] = ()
+    """Pods whose suspended annotation must be set to the wanted value."""
     roll: str | None = None
     notes: tuple[str, ...] = field(default=())
 
@@ -49,6 +86,7 @@ class Plan:
             or self.delete_pods
             or self.delete_rbac
             or self.annotate_replicas
+            or self.annotate_suspended
             or self.roll
         )
 
@@ -59,8 +97,17 @@ def plan(
     spec_hash: str,
     pods: list[PodView],
     rbac_ordinals: set[int],
+    suspend: bool = False,
 ) -> Plan:
     """Compare desired and observed state; return the actions, idempotently."""
+    flag = suspended_value(suspend)
+    annotate_suspended = tuple(
+        p.name
+        for p in sorted(pods, key=lambda p: p.ordinal)
+        if not p.deleting and (p.suspended_annotation or "false") != flag
+    )
+    if suspend:
+        return Plan(annotate_suspended=annotate_suspended, notes=("suspended",))
     by_ordinal: dict[int, PodView] = {}
     for pod in sorted(pods, key=lambda p: (p.ordinal, p.deleting)):
         by_ordinal.setdefault(pod.ordinal, pod)
@@ -123,6 +170,14 @@ def plan(
         delete_pods=tuple(delete_pods),
         delete_rbac=delete_rbac,
         annotate_replicas=annotate,
+        annotate_suspended=tuple(
+            n for n in annotate_suspended if n not in delete_pods and n != roll
+        ),
         roll=roll,
         notes=tuple(notes),
     )
+
+
+def suspended_value(suspend: bool) -> str:
+    """The suspended annotation's value for `spec.suspend` (absent reads as "false")."""
+    return "true" if suspend else "false"

@@ -18,6 +18,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from reactive_node.behaviors.base import DRIFT_FACTOR, default_lease
+from reactive_node.codec import BadBody, check_bounds
 
 #: Largest target the operator injects, serialised as compact JSON. Pod
 #: annotations share a 256 KiB budget; a target is copied into every node's
@@ -29,6 +31,28 @@ _PYTHON_BEHAVIOR = re.compile(
 )
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 40
+#: A DNS-1123 label (a container's or a volume's name).
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: A DNS-1123 subdomain (a Secret's or a PriorityClass's name).
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+#: A label or annotation key: an optional DNS subdomain prefix, then a name.
+_KEY_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+#: A label value (may be empty).
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+#: Keys of labels and annotations the operator sets on node pods and reads back:
+#: a user's pod labels and annotations may never be under them.
+RESERVED_PREFIXES = ("reactive-loop.dev/", "kopf.reactive-loop.dev/")
+RESERVED_LABELS = frozenset({"app.kubernetes.io/name", "app.kubernetes.io/managed-by"})
+#: Names the node's own container and volumes use.
+RESERVED_CONTAINERS = frozenset({"node"})
+RESERVED_VOLUMES = frozenset({"tmp", "hmac-keys", "decision"})
+MAX_POD_LABELS = 32
+MAX_POD_ANNOTATIONS = 32
+MAX_ANNOTATION_VALUE = 4096
+MAX_PULL_SECRETS = 16
+MAX_SPREAD = 8
+MAX_VOLUMES = 16
+MAX_SIDECARS = 8
 
 
 class SpecError(ValueError):
@@ -57,6 +81,8 @@ class LoopTimings(_Model):
 class TokenSettings(_Model):
     hold_seconds: float = Field(2.0, alias="holdSeconds", ge=0.1, le=3600)
     loss_timeout_seconds: float = Field(15.0, alias="lossTimeoutSeconds", ge=1, le=86400)
+    lease_seconds: float | None = Field(None, alias="leaseSeconds", ge=0.05, le=3600)
+    """Seconds a holder acts after a majority vouched for it; None: the node's default."""
     webhook: str | None = Field(None, max_length=2048)
 
     @field_validator("webhook")
@@ -77,6 +103,12 @@ class TokenSettings(_Model):
     def _order(self) -> TokenSettings:
         if self.loss_timeout_seconds <= self.hold_seconds:
             raise ValueError("token.lossTimeoutSeconds must be greater than token.holdSeconds")
+        lease = self.lease_seconds
+        if lease is not None and self.loss_timeout_seconds <= DRIFT_FACTOR * lease:
+            raise ValueError(
+                f"token.lossTimeoutSeconds must be greater than {DRIFT_FACTOR} x"
+                " token.leaseSeconds (the lease plus the clock-drift allowance)"
+            )
         return self
 
 
@@ -87,6 +119,61 @@ class Auth(_Model):
 class Resources(_Model):
     requests: dict[str, str | int] = Field(default_factory=dict)
     limits: dict[str, str | int] = Field(default_factory=dict)
+
+
+class DisruptionBudget(_Model):
+    """The loop's PodDisruptionBudget (policy/v1): how many nodes a drain may evict at once."""
+
+    enabled: bool = True
+    max_unavailable: int | str = Field(1, alias="maxUnavailable")
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _max(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if not 1 <= value <= MAX_REPLICAS:
+                raise ValueError(
+                    f"must be a count 1..{MAX_REPLICAS} or a percentage 1%..100%, got {value}"
+                )
+            return value
+        text = value.strip()
+        if text.endswith("%") and text[:-1].isdigit() and 1 <= int(text[:-1]) <= 100:
+            return text
+        raise ValueError(
+            f"must be a count 1..{MAX_REPLICAS} or a percentage 1%..100%, got {value!r}"
+        )
+
+
+def _key_problem(key: str) -> str | None:
+    """Why `key` is not a Kubernetes label or annotation key, or None."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _SUBDOMAIN.match(prefix)):
+        return f"key {key!r}: the prefix must be a DNS subdomain"
+    if not name or len(name) > 63 or not _KEY_NAME.match(name):
+        return (
+            f"key {key!r}: the name must be 1-63 letters, digits, '-', '_' or '.',"
+            " beginning and ending with a letter or digit"
+        )
+    return None
+
+
+def _reserved(key: str, *, label: bool) -> bool:
+    return key.startswith(RESERVED_PREFIXES) or (label and key in RESERVED_LABELS)
+
+
+def _check_named(items: list[dict[str, Any]], reserved: frozenset[str]) -> None:
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        name = item.get("name")
+        if not isinstance(name, str) or len(name) > 63 or not _LABEL.match(name):
+            raise ValueError(f"item {i}: name must be a DNS-1123 label, got {name!r}")
+        if name in reserved:
+            raise ValueError(
+                f"item {i}: name {name!r} is the node's own; reserved: {sorted(reserved)}"
+            )
+        if name in seen:
+            raise ValueError(f"item {i}: name {name!r} is used twice")
+        seen.add(name)
 
 
 class LoopSpec(_Model):
@@ -107,6 +194,105 @@ class LoopSpec(_Model):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] | None = None
     auth: Auth = Field(default_factory=Auth)
+    image_pull_secrets: list[dict[str, str]] = Field(
+        default_factory=list, alias="imagePullSecrets", max_length=MAX_PULL_SECRETS
+    )
+    topology_spread_constraints: list[dict[str, Any]] | None = Field(
+        None, alias="topologySpreadConstraints", max_length=MAX_SPREAD
+    )
+    """None: the operator's default (spread over hosts); [] : no constraint."""
+    priority_class_name: str | None = Field(None, alias="priorityClassName", max_length=253)
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, alias="podLabels", max_length=MAX_POD_LABELS
+    )
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, alias="podAnnotations", max_length=MAX_POD_ANNOTATIONS
+    )
+    volumes: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_VOLUMES)
+    sidecars: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_SIDECARS)
+    disruption_budget: DisruptionBudget = Field(
+        default_factory=lambda: DisruptionBudget.model_validate({}), alias="disruptionBudget"
+    )
+    suspend: bool = False
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, value: list[dict[str, str]]) -> list[dict[str, str]]:
+        for i, ref in enumerate(value):
+            name = ref.get("name")
+            if set(ref) != {"name"} or not name or len(name) > 253 or not _SUBDOMAIN.match(name):
+                raise ValueError(
+                    f"item {i} must be {{name: <Secret name>}} (a DNS subdomain), got {ref!r}"
+                )
+        return value
+
+    @field_validator("topology_spread_constraints")
+    @classmethod
+    def _spread(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, item in enumerate(value or []):
+            for key in ("maxSkew", "topologyKey", "whenUnsatisfiable"):
+                if key not in item:
+                    raise ValueError(f"item {i} needs {key}")
+        return value
+
+    @field_validator("priority_class_name")
+    @classmethod
+    def _priority(cls, value: str | None) -> str | None:
+        if value is not None and not _SUBDOMAIN.match(value):
+            raise ValueError(f"must be a DNS subdomain, got {value!r}")
+        return value
+
+    @field_validator("pod_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            problem = _key_problem(key)
+            if problem is not None:
+                raise ValueError(problem)
+            if _reserved(key, label=True):
+                raise ValueError(
+                    f"key {key!r} is the operator's own (keys under"
+                    f" {', '.join(RESERVED_PREFIXES)} and {', '.join(sorted(RESERVED_LABELS))}"
+                    " are reserved)"
+                )
+            if len(text) > 63 or not _LABEL_VALUE.match(text):
+                raise ValueError(
+                    f"the value of {key!r} must be at most 63 letters, digits, '-', '_'"
+                    " or '.', beginning and ending with a letter or digit"
+                )
+        return value
+
+    @field_validator("pod_annotations")
+    @classmethod
+    def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            problem = _key_problem(key)
+            if problem is not None:
+                raise ValueError(problem)
+            if _reserved(key, label=False):
+                raise ValueError(
+                    f"key {key!r} is the operator's own (keys under"
+                    f" {', '.join(RESERVED_PREFIXES)} are reserved)"
+                )
+            if len(text) > MAX_ANNOTATION_VALUE:
+                raise ValueError(f"the value of {key!r} is longer than {MAX_ANNOTATION_VALUE}")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        _check_named(value, RESERVED_VOLUMES)
+        return value
+
+    @field_validator("sidecars")
+    @classmethod
+    def _sidecars(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        _check_named(value, RESERVED_CONTAINERS)
+        for i, item in enumerate(value):
+            image = item.get("image")
+            if not isinstance(image, str) or not image or len(image) > 512:
+                raise ValueError(f"item {i}: image must be an image reference")
+        return value
 
     @field_validator("behavior")
     @classmethod
@@ -122,6 +308,12 @@ class LoopSpec(_Model):
     def _target_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
+        # The bounds every node applies to a state (the target is its level 2):
+        # checked first, and without recursion, whatever the nesting.
+        try:
+            check_bounds({"target": value}, "spec")
+        except BadBody as e:
+            raise ValueError(f"spec.target: {e}") from None
         size = len(json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
         if size > MAX_TARGET_BYTES:
             raise ValueError(
@@ -133,7 +325,20 @@ class LoopSpec(_Model):
     def _cross(self) -> LoopSpec:
         if self.behavior == "token" and self.topology != "ring":
             raise ValueError("behavior 'token' needs topology 'ring'")
+        if self.behavior == "token" and self.token.lease_seconds is None:
+            lease = default_lease(self.loop.interval, self.replicas)
+            if self.token.loss_timeout_seconds <= DRIFT_FACTOR * lease:
+                raise ValueError(
+                    f"token.lossTimeoutSeconds must be greater than {DRIFT_FACTOR} x the"
+                    f" default token lease ({lease:g} s for {self.replicas} nodes at"
+                    f" loop.interval {self.loop.interval:g}); raise it or set token.leaseSeconds"
+                )
         return self
+
+    @property
+    def token_lease(self) -> float:
+        """The token lease the nodes use (seconds)."""
+        return self.token.lease_seconds or default_lease(self.loop.interval, self.replicas)
 
     @property
     def is_converge(self) -> bool:
@@ -142,6 +347,17 @@ class LoopSpec(_Model):
     @property
     def is_token(self) -> bool:
         return self.behavior == "token"
+
+    @property
+    def is_custom(self) -> bool:
+        return self.behavior.startswith("python:")
+
+    @property
+    def injects_target(self) -> bool:
+        """Whether the operator injects `spec.target` into the nodes: converge,
+        and a custom behaviour when the spec sets a target (its class then
+        declares `takes_target`; docs/custom-behavior.md)."""
+        return self.target is not None and (self.is_converge or self.is_custom)
 
 
 def _describe(error: ValidationError) -> str:

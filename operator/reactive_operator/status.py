@@ -3,44 +3,66 @@
 Input: the pods as observed, each node's `GET /v1/state` answer (or nothing if
 it could not be asked), the validated spec (or the reason it is invalid), and
 the previous conditions (so that `lastTransitionTime` only moves on a real
-transition). Output: the complete `status` mapping the handler patches when it
-differs from the current one.
+transition). Output: the complete `status` mapping the reconciler patches when
+it differs from the current one.
+
+The status stays short whatever the loop's size (`kubectl describe` at 64
+nodes and beyond): counts, conditions and one line for each of at most
+`MAX_NODES_IN_STATUS` nodes that need attention; the nodes that are fine are
+only counted. Nothing in it moves on every round trip, so a steady loop
+costs no status write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from reactive_node.contract import MAX_STATE_INT, MAX_WIRE_INT
 
-from .builders import selector
+from .builders import pod_name, selector
 from .plan import PodView
 from .spec import LoopSpec
 
-MAX_NODES_IN_STATUS = 64
+#: Nodes that need attention listed in `status.nodes`, lowest ordinals first;
+#: the others are counted in `status.nodesNotListed`.
+MAX_NODES_IN_STATUS = 5
+#: One line per listed node (`kubectl describe` prints one line per entry).
+MAX_NODE_LINE = 200
 MAX_MESSAGE = 512
+
+
+#: A number from a node's state, as the node bounds it: fits the status (int64).
+StateInt = Annotated[int, Field(ge=0, le=MAX_STATE_INT)]
+#: A node's own counter; int64 like every integer of the status.
+Counter = Annotated[int, Field(ge=0, le=MAX_WIRE_INT)]
 
 
 class Summary(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    generation: int | None = None
+    generation: StateInt | None = None
     target: Any = None
     holding: bool | None = None
-    epoch: tuple[int, int] | None = None
+    """Acting as the holder (token: its lease is fresh)."""
+    held: bool | None = None
+    """Token: has the token in its state, acting or still gathering its lease."""
+    epoch: tuple[StateInt, StateInt] | None = None
 
 
 class NodeReport(BaseModel):
-    """The part of a node's `/v1/state` answer the operator uses."""
+    """The part of a node's `/v1/state` answer the operator uses. A number out of
+    the node's bounds makes it no report (the node counts as unreachable), so
+    nothing a node says can make the status unwritable."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     node: str
     ordinal: int | None = None
     ready: bool = False
     phase: str = "starting"
-    loops: int = 0
-    waits: int = 0
+    loops: Counter = 0
+    waits: Counter = 0
     last_wait_reason: str | None = Field(None, alias="lastWaitReason")
     state_error: str | None = Field(None, alias="stateError")
     summary: Summary = Field(default_factory=Summary)
@@ -62,8 +84,8 @@ class Condition:
     message: str
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+def _clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def merge_conditions(
@@ -92,21 +114,74 @@ def merge_conditions(
     return out
 
 
-def _node_entry(pod: PodView, report: NodeReport | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": pod.name, "ordinal": pod.ordinal, "ready": pod.ready}
+def node_problems(
+    pod: PodView,
+    report: NodeReport | None,
+    *,
+    suspend: bool,
+    target_generation: int | None,
+) -> list[str]:
+    """What needs attention on one member node (empty when it is fine): its pod
+    not ready, the node not asked, a bad state, not looping, behind the target."""
+    problems: list[str] = []
+    if not pod.ready:
+        problems.append(f"pod {pod.phase}, not ready")
     if report is None:
-        entry["phase"] = "unreachable" if pod.ip else "starting"
-        return entry
-    entry.update(phase=report.phase, loops=report.loops, waits=report.waits)
-    if report.last_wait_reason:
-        entry["lastWaitReason"] = report.last_wait_reason
-    if report.summary.generation is not None:
-        entry["generation"] = report.summary.generation
-    if report.summary.holding is not None:
-        entry["holding"] = report.summary.holding
+        problems.append("unreachable: the operator cannot ask it" if pod.ip else "no pod IP yet")
+        return problems
     if report.state_error:
-        entry["stateError"] = _clip(report.state_error)
-    return entry
+        problems.append(f"invalid state: {report.state_error}")
+    resting = report.phase == "suspended" and suspend
+    if report.phase != "looping" and not resting:
+        reason = f" ({report.last_wait_reason})" if report.last_wait_reason else ""
+        problems.append(f"{report.phase}{reason}")
+    held = report.summary.generation or 0
+    if target_generation and held < target_generation:
+        problems.append(f"behind target {target_generation} (holds {held})")
+    return problems
+
+
+def attention(
+    name: str,
+    wanted: int | None,
+    members: Sequence[PodView],
+    all_pods: Sequence[PodView],
+    reports: Mapping[str, NodeReport | None],
+    *,
+    suspend: bool,
+    target_generation: int | None,
+) -> list[str]:
+    """One line `<pod>: <problems>` per member node that needs attention, by
+    ordinal; `wanted` (spec.replicas, None while the spec is rejected) also
+    names the members that have no pod."""
+    by_ordinal = {p.ordinal: p for p in members}
+    ordinals = set(by_ordinal) | (set(range(wanted)) if wanted is not None else set())
+    terminating = {p.ordinal for p in all_pods if p.deleting}
+    lines: list[str] = []
+    for ordinal in sorted(ordinals):
+        pod = by_ordinal.get(ordinal)
+        if pod is None:
+            problem = "pod terminating" if ordinal in terminating else "no pod"
+            lines.append(f"{pod_name(name, ordinal)}: {problem}")
+            continue
+        problems = node_problems(
+            pod, reports.get(pod.name), suspend=suspend, target_generation=target_generation
+        )
+        if problems:
+            lines.append(_clip(f"{pod.name}: {'; '.join(problems)}", MAX_NODE_LINE))
+    return lines
+
+
+def converge_summary(target_generation: int, at_target: int, wanted: int) -> str:
+    """`kubectl get`'s one line for converge: which target, and how many nodes hold it.
+
+    `target 7: 3/5 nodes` reads "target number 7, held by 3 of the 5 nodes"; the
+    number is the resource generation at which spec.target last changed, so it
+    moves only when the target does (never with scaling or retiming).
+    """
+    if target_generation == 0:
+        return "no target"
+    return f"target {target_generation}: {at_target}/{wanted} nodes"
 
 
 def aggregate(
@@ -122,29 +197,54 @@ def aggregate(
     injected_generation: int | None,
     previous_conditions: Sequence[Mapping[str, Any]],
     now: str,
+    refusal: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Compute the full status of one loop."""
+    """Compute the full status of one loop.
+
+    `refusal` is (reason, message) when the operator refuses to run a valid spec
+    (the loop's Secret is not its own or unusable): Degraded with that reason.
+
+    Ready is True only when the operator runs the spec (no `spec_error`, no
+    `refusal`) and every one of `spec.replicas` nodes is ready; Suspended says
+    whether `spec.suspend` holds (Unknown when the spec is rejected).
+    """
     wanted = spec.replicas if spec is not None else len(pods)
     live = sorted((p for p in pods if not p.deleting), key=lambda p: p.ordinal)
     members = [p for p in live if p.ordinal < wanted]
     ready = sum(1 for p in members if p.ready)
     member_reports = {p.name: reports.get(p.name) for p in members}
     looping = sum(1 for r in member_reports.values() if r is not None and r.phase == "looping")
+    resting = sum(1 for r in member_reports.values() if r is not None and r.phase == "suspended")
 
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "replicas": len(live),
         "readyReplicas": ready,
         "looping": looping,
-        "waiting": len(members) - looping,
+        "waiting": len(members) - looping - resting,
         "selector": selector(name),
-        "nodes": [_node_entry(p, member_reports.get(p.name)) for p in members][
-            :MAX_NODES_IN_STATUS
-        ],
     }
     conditions: list[Condition] = []
 
-    if ready == wanted and len(members) == wanted:
+    if spec is None or spec_error is not None:
+        conditions.append(
+            Condition(
+                "Ready",
+                "False",
+                "InvalidSpec",
+                f"the operator rejects the spec (see Degraded); {ready}/{wanted} nodes ready",
+            )
+        )
+    elif refusal is not None:
+        conditions.append(
+            Condition(
+                "Ready",
+                "False",
+                refusal[0],
+                f"the operator does not run the loop (see Degraded); {ready}/{wanted} nodes ready",
+            )
+        )
+    elif ready == wanted and len(members) == wanted:
         conditions.append(
             Condition("Ready", "True", "AllNodesReady", f"{ready}/{wanted} nodes ready")
         )
@@ -162,17 +262,39 @@ def aggregate(
             ),
             reverse=True,
         )
+        # A node that has the token but acts only once a majority renewed its
+        # lease (docs/node.md): the token is not lost, it is changing hands.
+        pending = sorted(
+            (
+                (r.summary.epoch or (0, 0), n)
+                for n, r in member_reports.items()
+                if r is not None and r.summary.held and not r.summary.holding
+            ),
+            reverse=True,
+        )
         token: dict[str, Any] = {"holders": len(holders)}
         if holders:
             (term, ordinal), holder = holders[0]
             token.update(holder=holder, term=term, ordinal=ordinal)
             status["summary"] = f"{holder} holds epoch {term}.{ordinal}"
+        elif pending:
+            (term, ordinal), holder = pending[0]
+            status["summary"] = f"{holder} has epoch {term}.{ordinal}, lease pending"
         else:
             status["summary"] = "no holder"
         status["token"] = token
         if len(holders) == 1:
             conditions.append(
                 Condition("TokenHealthy", "True", "OneHolder", f"{holders[0][1]} holds the token")
+            )
+        elif not holders and pending:
+            conditions.append(
+                Condition(
+                    "TokenHealthy",
+                    "True",
+                    "LeasePending",
+                    f"{pending[0][1]} has the token and acts once a majority renews its lease",
+                )
             )
         elif not holders:
             conditions.append(
@@ -185,7 +307,9 @@ def aggregate(
                     "TokenHealthy", "False", "SeveralHolders", f"{len(holders)} holders: {names}"
                 )
             )
-    elif spec is not None and spec.is_converge:
+    elif spec is not None and (spec.is_converge or spec.injects_target):
+        # Converge, or a custom behaviour that takes a target: its summary's
+        # generation is the newest target generation a node holds.
         gens = [
             (r.summary.generation or 0) if r is not None else None for r in member_reports.values()
         ]
@@ -201,9 +325,7 @@ def aggregate(
             status["convergedGeneration"] = converged_gen
         tgt = target_generation or 0
         at_target = sum(1 for g in known if g >= tgt)
-        status["summary"] = (
-            f"generation {converged_gen if converged_gen is not None else '-'}/{tgt}"
-        )
+        status["summary"] = converge_summary(tgt, at_target, wanted)
         if tgt == 0:
             conditions.append(Condition("Converged", "False", "NoTarget", "spec.target is not set"))
         elif at_target == wanted and len(known) == wanted:
@@ -237,6 +359,8 @@ def aggregate(
     ]
     if spec_error is not None:
         conditions.append(Condition("Degraded", "True", "InvalidSpec", spec_error))
+    elif refusal is not None:
+        conditions.append(Condition("Degraded", "True", refusal[0], refusal[1]))
     elif state_errors:
         conditions.append(
             Condition("Degraded", "True", "InvalidNodeState", "; ".join(state_errors))
@@ -253,6 +377,37 @@ def aggregate(
     else:
         conditions.append(Condition("Degraded", "False", "AsExpected", "no problem seen"))
 
+    if spec is None:
+        conditions.append(
+            Condition("Suspended", "Unknown", "InvalidSpec", "the operator rejects the spec")
+        )
+    elif spec.suspend:
+        conditions.append(
+            Condition(
+                "Suspended",
+                "True",
+                "Suspended",
+                "spec.suspend is true: the nodes start no round trip (they still answer) and"
+                " the operator creates, deletes and rolls no pod",
+            )
+        )
+        status["summary"] = f"suspended; {status['summary']}"
+    else:
+        conditions.append(Condition("Suspended", "False", "Running", "spec.suspend is false"))
+
+    unwell = attention(
+        name,
+        spec.replicas if spec is not None else None,
+        members,
+        pods,
+        member_reports,
+        suspend=spec is not None and spec.suspend,
+        target_generation=status.get("targetGeneration"),
+    )
+    if unwell:
+        status["nodes"] = unwell[:MAX_NODES_IN_STATUS]
+    if len(unwell) > MAX_NODES_IN_STATUS:
+        status["nodesNotListed"] = len(unwell) - MAX_NODES_IN_STATUS
     status["conditions"] = merge_conditions(
         previous_conditions, conditions, generation=generation, now=now
     )
@@ -274,22 +429,6 @@ def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict
     return patch
 
 
-#: Per-node fields that move on every round trip; alone they do not justify a write.
-COUNTER_FIELDS = ("loops", "waits")
-
-
-def without_counters(status: Mapping[str, Any]) -> dict[str, Any]:
-    """`status` minus the per-node loop/wait counters (to tell a real change)."""
-    out = dict(status)
-    nodes = out.get("nodes")
-    if isinstance(nodes, list):
-        out["nodes"] = [
-            {k: v for k, v in n.items() if k not in COUNTER_FIELDS} if isinstance(n, Mapping) else n
-            for n in nodes
-        ]
-    return out
-
-
 _OWNED_KEYS = frozenset(
     {
         "observedGeneration",
@@ -305,6 +444,7 @@ _OWNED_KEYS = frozenset(
         "convergedGeneration",
         "token",
         "nodes",
+        "nodesNotListed",
         "conditions",
     }
 )

@@ -55,6 +55,9 @@ def test_operator_rbac_is_scoped_to_the_watched_namespace(
         ("watch", "pods"),
         ("create", "roles.rbac.authorization.k8s.io"),
         ("create", "networkpolicies.networking.k8s.io"),
+        ("create", "poddisruptionbudgets.policy"),
+        ("patch", "poddisruptionbudgets.policy"),
+        ("delete", "poddisruptionbudgets.policy"),
         ("patch", "reactiveloops.reactive-loop.dev/status"),
         ("create", "secrets"),
     ):
@@ -63,9 +66,32 @@ def test_operator_rbac_is_scoped_to_the_watched_namespace(
     # Nothing outside the watched namespace, no secret listing, no cluster writes.
     assert not can_i(cluster, sa, "create", "pods", release_ns)
     assert not can_i(cluster, sa, "create", "pods", "kube-system")
-    assert not can_i(cluster, sa, "list", "secrets", watched)
+    # Secrets: create only, never read or changed (issue 11 §4).
+    for verb in ("get", "list", "watch", "patch", "update", "delete"):
+        assert not can_i(cluster, sa, verb, "secrets", watched), verb
     assert not can_i(cluster, sa, "create", "clusterroles.rbac.authorization.k8s.io", watched)
     assert not can_i(cluster, sa, "update", "leases.coordination.k8s.io", watched)
+
+
+def test_cluster_wide_mode_reads_no_secret(cluster: Cluster, namespace: str) -> None:
+    """Cluster-wide, the operator may create a loop's Secret in any namespace and
+    read, list or change none (docs/operator.md, "Cluster-wide mode and Secrets")."""
+    release = f"rlcw{secrets.token_hex(2)}"
+    cluster.helm(
+        "install", release, str(CHART), "-n", namespace, "--set", "node.podPolicy.enabled=false"
+    )
+    try:
+        sa = f"system:serviceaccount:{namespace}:{release}-reactive-loop"
+        for ns in (namespace, "default", "kube-system"):
+            assert can_i(cluster, sa, "create", "secrets", ns), ns
+            assert can_i(cluster, sa, "patch", "pods", ns), ns  # the inject annotation
+            for verb in ("get", "list", "watch", "patch", "update", "delete"):
+                assert not can_i(cluster, sa, verb, "secrets", ns), (verb, ns)
+        out = cluster.kubectl("get", "secrets", "-A", "--as", sa, check=False)
+        assert out.returncode != 0
+        assert "forbidden" in out.stderr.lower(), out.stderr
+    finally:
+        cluster.helm("uninstall", release, "-n", namespace, check=False)
 
 
 def test_operator_may_create_the_node_role_it_grants(

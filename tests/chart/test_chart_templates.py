@@ -36,6 +36,7 @@ CHILD_KINDS = {
     "roles": "rbac.authorization.k8s.io",
     "rolebindings": "rbac.authorization.k8s.io",
     "networkpolicies": "networking.k8s.io",
+    "poddisruptionbudgets": "policy",
 }
 
 
@@ -85,8 +86,16 @@ def test_default_render_has_the_operator_objects_and_no_monitoring_crs(render: R
         labels = m["metadata"]["labels"]
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
         assert labels["helm.sh/chart"] == "reactive-loop-0.1.0"
-        if m["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if m["kind"] not in CLUSTER_SCOPED:
             assert m["metadata"]["namespace"] == "rl-system", m["metadata"]["name"]
+
+
+CLUSTER_SCOPED = (
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+)
 
 
 def test_operator_deployment_is_restricted_with_probes_on_its_port(render: Render) -> None:
@@ -170,7 +179,8 @@ def test_cluster_rbac_covers_what_the_operator_creates_and_grants(render: Render
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": "rl-system"}]
     rules = role["rules"]
     for resource, group in CHILD_KINDS.items():
-        for verb in ("get", "create", "patch", "delete"):
+        # Secrets are created and never read or changed (the next test).
+        for verb in ("create",) if resource == "secrets" else ("get", "create", "patch", "delete"):
             assert grants(rules, group, resource, verb), (group, resource, verb)
     for verb in ("get", "list", "watch", "patch"):
         assert grants(rules, "reactive-loop.dev", "reactiveloops", verb)
@@ -191,6 +201,21 @@ def test_cluster_rbac_covers_what_the_operator_creates_and_grants(render: Render
         if "secrets" in rule["resources"]:
             assert not {"list", "watch"} & set(rule["verbs"])
     assert not grants(rules, "", "nodes", "get")
+
+
+@pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["team-a"]}], ids=["cluster", "ns"])
+def test_secrets_are_create_only_in_either_mode(render: Render, values: dict[str, Any]) -> None:
+    """The operator never reads a Secret (issue 11 §4): `create` is all it holds,
+    cluster-wide as in the watched namespaces (docs/operator.md, "Privileges")."""
+    manifests = render(values=values)
+    roles = by_kind(manifests, "ClusterRole") + by_kind(manifests, "Role")
+    rules = [r for m in roles for r in m["rules"]]
+    secret_rules = [r for r in rules if "secrets" in r["resources"]]
+    assert secret_rules
+    for rule in secret_rules:
+        assert rule["verbs"] == ["create"], rule
+        assert rule["resources"] == ["secrets"], rule
+        assert "resourceNames" not in rule
 
 
 def test_namespaced_rbac_has_one_role_per_watched_namespace_and_no_cluster_write(

@@ -98,3 +98,42 @@ def test_makefile_has_the_kind_targets() -> None:
     assert "helm upgrade --install reactive-loop charts/reactive-loop" in proc.stdout
     assert "kube-prometheus-stack" in proc.stdout
     assert re.search(r"^kubectl (--context \S+ )?apply -f examples/", proc.stdout, re.M)
+
+
+def test_kind_monitoring_selects_what_the_ci_values_label() -> None:
+    """`make kind-monitoring` deploys the stack of hack/kind/monitoring/, whose
+    Prometheus must select the chart's monitors and rules as labelled by
+    ci/monitoring-values.yaml (kube-prometheus-stack's `release` label)."""
+    proc = subprocess.run(
+        ["make", "-n", "-C", str(REPO), "kind-monitoring"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "bash hack/kind/monitoring.sh" in proc.stdout
+    docs = yaml.safe_load_all(
+        (REPO / "hack" / "kind" / "monitoring" / "prometheus.yaml").read_text()
+    )
+    prometheus = next(d for d in docs if d["kind"] == "Prometheus")["spec"]
+    ci = yaml.safe_load(
+        (REPO / "charts" / "reactive-loop" / "ci" / "monitoring-values.yaml").read_text()
+    )
+    for selector, value in (
+        ("podMonitorSelector", "podMonitor"),
+        ("serviceMonitorSelector", "serviceMonitor"),
+        ("ruleSelector", "prometheusRule"),
+    ):
+        assert prometheus[selector] == {"matchLabels": {"release": "kube-prometheus-stack"}}
+        assert (
+            prometheus[selector]["matchLabels"].items() <= ci["monitoring"][value]["labels"].items()
+        )
+        # Every namespace, as kube-prometheus-stack's Prometheus.
+        assert prometheus[selector.replace("Selector", "NamespaceSelector")] == {}
+    # The nodes' NetworkPolicy admits the Prometheus pods of that namespace.
+    namespace = yaml.safe_load(
+        (REPO / "hack" / "kind" / "monitoring" / "namespace.yaml").read_text()
+    )
+    scraper = ci["node"]["scraper"]["namespaceLabels"]
+    assert scraper == {"kubernetes.io/metadata.name": namespace["metadata"]["name"]}

@@ -12,7 +12,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from kind.conftest import IMAGE_TAG
+from kind.conftest import IMAGE_TAG, RESTRICTED_LABELS
 from kind.kindcluster import Kind, KindError, condition
 
 NODE_IMAGE = f"reactive-loop-node:{IMAGE_TAG}"
@@ -132,8 +132,7 @@ def test_readiness_and_liveness_probes_work_through_the_kubelet(kind: Kind, name
 def test_a_deleted_node_pod_is_healed(kind: Kind, namespace: str) -> None:
     make_loop(kind, namespace)
     kind.wait_for(lambda: loop_ready(kind, namespace), 180, what="smoke loop Ready")
-    old_uid = kind.get("pod", "-n", namespace, "smoke-2")["metadata"]["uid"]
-    kind.kubectl("delete", "pod", "-n", namespace, "smoke-2", "--wait=false")
+    old_uid = kind.faults.delete_pod(namespace, "smoke-2")
 
     def replaced() -> bool:
         pod = kind.get("pod", "-n", namespace, "smoke-2")
@@ -196,6 +195,50 @@ def test_network_policy_admits_only_the_loops_pods(kind: Kind, namespace: str) -
     assert reached.startswith("Succeeded: reached"), reached
     cut = fetch(kind, namespace, "client-node", f"http://{node_ip}:8080/healthz", {"app": "x"})
     assert cut.startswith("Failed: refused"), cut
+    # Copying the operator's labels onto a pod in another namespace does not let
+    # it in: the policy admits the operator by its pods' labels and its namespace.
+    operator_pod = kind.get(
+        "pods", "-n", "reactive-loop-system", "-l", "app.kubernetes.io/component=operator"
+    )["items"][0]
+    elsewhere = f"{namespace}-x"
+    kind.create_namespace(elsewhere, *RESTRICTED_LABELS)
+    try:
+        copycat = fetch(
+            kind,
+            elsewhere,
+            "copycat",
+            f"http://{node_ip}:8080/healthz",
+            dict(operator_pod["metadata"]["labels"]),
+        )
+    finally:
+        kind.kubectl("delete", "namespace", elsewhere, "--wait=false", check=False)
+    assert copycat.startswith("Failed: refused"), copycat
+    # Egress: a node reaches its peers and the cluster DNS, not another pod.
+    peer_ip = kind.get("pod", "-n", namespace, "smoke-1")["status"]["podIP"]
+    probe = (
+        "import socket, sys, urllib.request\n"
+        "def get(url):\n"
+        "    try:\n"
+        "        urllib.request.urlopen(url, timeout=3).read()\n"
+        "        return 'reached'\n"
+        "    except Exception as e:\n"
+        "        return 'refused ' + type(e).__name__\n"
+        "print(get(sys.argv[1]))\n"
+        "print(get(sys.argv[2]))\n"
+        "print(socket.gethostbyname('kubernetes.default.svc.cluster.local'))\n"
+    )
+    out = kind.pod_exec(
+        namespace,
+        "smoke-0",
+        "python",
+        "-c",
+        probe,
+        f"http://{peer_ip}:8080/healthz",
+        f"http://{open_ip}:8080/",
+    ).stdout.split("\n")
+    assert out[0] == "reached", out
+    assert out[1].startswith("refused"), out
+    assert out[2].count(".") == 3, out
 
 
 @pytest.mark.parametrize("image", ["node", "operator"])
@@ -216,15 +259,12 @@ def test_a_node_container_killed_by_the_runtime_is_restarted_and_catches_up(
     make_loop(kind, namespace)
     kind.wait_for(lambda: loop_ready(kind, namespace), 180, what="smoke loop Ready")
     pod = "smoke-0"
-    before = kind.get("pod", "-n", namespace, pod)["status"]["containerStatuses"][0]
-    node, _ = kind.container_pid(namespace, pod)
-    container_id = str(before["containerID"]).split("://")[-1]
     # SIGKILL through containerd, as an OOM kill or a crash would end it.
-    kind.node_exec(node, "ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", container_id)
+    restarts = kind.faults.kill(namespace, pod)
 
     def restarted() -> bool:
         s = kind.get("pod", "-n", namespace, pod)["status"]["containerStatuses"][0]
-        return bool(s["restartCount"] > before["restartCount"] and s["ready"])
+        return bool(s["restartCount"] > restarts and s["ready"])
 
     kind.wait_for(restarted, 120, what=f"{pod} restarted by the kubelet and ready")
     obj = kind.wait_for(

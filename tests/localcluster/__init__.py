@@ -1,17 +1,15 @@
-"""A real local Kubernetes cluster for the tests (issue 2).
+"""A real local Kubernetes control plane for the tests that need only an API server.
 
-Control plane from the Go-built binaries (etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler) plus a test kubelet that runs each
-pod's command as a local process in its own network namespace. See
+etcd, kube-apiserver and kube-controller-manager from the Go-built binaries
+(hack/build-tools.sh); no node runs, so no pod ever starts here. Everything
+with pods (images, kubelet, NetworkPolicy, faults) is the kind tier's. See
 docs/testing.md. Entry points:
 
-- CLI: `PYTHONPATH=tests python -m localcluster up|down|status|fault ...`
-- `Cluster` (localcluster.cluster): kubectl/helm/wait_for/faults for tests.
-- `Faults` (localcluster.faults): cut/restore/kill as a Python API.
+- CLI: `PYTHONPATH=tests python -m localcluster up|down|restart|status`
+- `Cluster` (localcluster.cluster): kubectl/helm/get/apply/wait_for for tests.
 """
 
 from localcluster.cluster import Cluster, WaitTimeout
 from localcluster.config import ClusterConfig
-from localcluster.faults import FaultError, Faults, PodHandle
 
-__all__ = ["Cluster", "ClusterConfig", "FaultError", "Faults", "PodHandle", "WaitTimeout"]
+__all__ = ["Cluster", "ClusterConfig", "WaitTimeout"]

@@ -1,4 +1,4 @@
-"""CLI: `python -m localcluster up|down|status|fault cut|restore|kill ...`."""
+"""CLI: `python -m localcluster up|down|restart|status|scratch-config`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 from localcluster import control
 from localcluster.config import ClusterConfig
-from localcluster.faults import FaultError, Faults, split_ref
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,17 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     rs.add_argument("component", choices=control.COMPONENTS)
     st = sub.add_parser("status", help="say what runs")
     st.add_argument("--json", action="store_true")
-    fault = sub.add_parser("fault", help="inject a fault into a pod ([NS/]POD)")
-    fsub = fault.add_subparsers(dest="fault", required=True)
-    cut = fsub.add_parser("cut", help="cut the pod off the network (or only from --peer)")
-    cut.add_argument("pod")
-    cut.add_argument("--peer", help="another pod of the same namespace")
-    cut.add_argument("--all", action="store_true", help="also cut the host (probes, apiserver)")
-    restore = fsub.add_parser("restore", help="undo every cut of the pod")
-    restore.add_argument("pod")
-    kill = fsub.add_parser("kill", help="SIGKILL the pod's container process(es)")
-    kill.add_argument("pod")
-    kill.add_argument("--container")
     args = parser.parse_args(argv)
 
     if args.cmd == "scratch-config":
@@ -61,24 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name, pid in report["components"].items():
                     print(f"{name:24} {'running pid ' + str(pid) if pid else 'not running'}")
                 print(f"{'apiserver /readyz':24} {'ok' if report['apiserver_ready'] else 'no'}")
-                if report["apiserver_ready"]:
-                    print(f"{'node Ready':24} {report['node_ready']}")
-                    for line in report["pods"]:
-                        print(f"  pod {line}")
-                print(f"{'pod netns':24} {len(report['netns'])}")
                 print(f"{'kubeconfig':24} {report['kubeconfig']}")
             return 0 if all(report["components"].values()) else 3
-        else:
-            faults = Faults(cfg)
-            ns, name = split_ref(args.pod)
-            if args.fault == "cut":
-                faults.cut(ns, name, peer=args.peer, include_host=args.all)
-            elif args.fault == "restore":
-                faults.restore(ns, name)
-            else:
-                pids = faults.kill(ns, name, container=args.container)
-                print(" ".join(map(str, pids)))
-    except (control.ClusterError, FaultError) as e:
+    except control.ClusterError as e:
         print(f"localcluster: {e}", file=sys.stderr)
         return 1
     return 0

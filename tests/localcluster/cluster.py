@@ -1,8 +1,7 @@
-"""`Cluster`: what a test holds to use the local cluster.
+"""`Cluster`: what a test holds to use the local control plane.
 
-It runs the real `kubectl` and `helm` with the cluster's admin kubeconfig,
-waits for conditions with a deadline, reads pods' recorded state, injects
-faults and runs commands inside a pod's network and DNS view.
+It runs the real `kubectl` and `helm` with the cluster's admin kubeconfig and
+waits for conditions with a deadline.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any, TypeVar
 
 from localcluster import control
 from localcluster.config import ClusterConfig
-from localcluster.faults import Faults, PodHandle
 
 T = TypeVar("T")
 
@@ -59,7 +57,6 @@ class Cluster:
 
     def __init__(self, cfg: ClusterConfig | None = None) -> None:
         self.cfg = cfg or ClusterConfig.default()
-        self.faults = Faults(self.cfg)
 
     @property
     def kubeconfig(self) -> Path:
@@ -145,42 +142,6 @@ class Cluster:
     ) -> T:
         """`wait_for` below, for brevity in tests."""
         return wait_for(condition, timeout, interval, what)
-
-    def pod_ready(self, namespace: str, name: str) -> bool:
-        pod = self.get("pod", name, namespace)
-        conds = (pod or {}).get("status", {}).get("conditions") or []
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-
-    def pod(self, namespace: str, name: str) -> PodHandle:
-        """The kubelet's record of a running pod: ip, netns, container PIDs."""
-        return self.faults.pod(namespace, name)
-
-    def exec_in_pod(
-        self, namespace: str, name: str, argv: list[str], timeout: float = 30
-    ) -> subprocess.CompletedProcess[str]:
-        """Run `argv` in the pod's network namespace with its /etc/hosts and
-        resolv.conf (as root, in a throw-away mount namespace)."""
-        pod = self.pod(namespace, name)
-        script = (
-            f"mount --bind {shlex.quote(str(pod.directory / 'hosts'))} /etc/hosts && "
-            f"mount --bind {shlex.quote(str(pod.directory / 'resolv.conf'))} /etc/resolv.conf"
-            ' && exec "$@"'
-        )
-        env = dict(os.environ)
-        env["PATH"] = f"{self.cfg.venv_bin}:{env.get('PATH', '')}"
-        return subprocess.run(
-            ["ip", "netns", "exec", pod.netns, "sh", "-c", script, "exec", *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
-
-    def logs(self, namespace: str, pod: str, container: str) -> str:
-        """The container's log file (all runs appended)."""
-        path = self.cfg.pod_logs_dir / f"{namespace}_{pod}_{container}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     def status(self) -> dict[str, Any]:
         return control.status(self.cfg)

@@ -1,4 +1,4 @@
-"""Where the local cluster keeps its files and which addresses it uses.
+"""Where the local control plane keeps its files and which ports it uses.
 
 One frozen value describes a cluster instance; every other module takes it as
 an argument instead of reading globals, so tests can build one for a temporary
@@ -31,29 +31,17 @@ class ClusterConfig:
     """Addresses, names and paths of one local cluster."""
 
     root: Path
-    """The checkout; its `.venv/bin` comes first on every container's PATH."""
+    """The checkout (its `.venv/bin` goes on the tools' PATH)."""
     bin_dir: Path
     """Directory holding etcd, kube-*, kubectl and helm."""
     state_root: Path | None = None
     """Where `.local-cluster` state goes; None: `<root>/.local-cluster`."""
-    prefix: str = "rl"
-    """Prefix (at most 4 characters) of every netns (`<prefix>-<uid>`) and host
-    veth (`<prefix>h...`) this instance makes, so `down` finds leftovers of a
-    crashed run by name and never touches another instance's."""
-    node_name: str = "rl-node"
-    bridge: str = "rlbr0"
-    bridge_cidr: str = "10.77.0.0/16"
-    gateway_ip: str = "10.77.0.1"
-    """The bridge's host address: apiserver, probes and scrapers come from here."""
-    pod_prefix_len: int = 16
     service_cidr: str = "10.96.0.0/16"
     kubernetes_service_ip: str = "10.96.0.1"
     apiserver_port: int = 6443
     etcd_client_port: int = 12379
     etcd_peer_port: int = 12380
     kcm_port: int = 10257
-    scheduler_port: int = 10259
-    kubelet_port: int = 10250
     cluster_domain: str = "cluster.local"
 
     @classmethod
@@ -66,22 +54,16 @@ class ClusterConfig:
 
     @classmethod
     def scratch(cls, state_root: Path, index: int = 1) -> ClusterConfig:
-        """A second instance beside the default one: its own state directory,
-        ports, bridge, subnet and name prefix (index 1..5)."""
+        """A second instance beside the default one: its own state directory
+        and ports (index 1..5)."""
         return cls(
             root=checkout_root(),
             bin_dir=tools_bin(),
             state_root=state_root,
-            prefix=f"rl{index}",
-            node_name=f"rl{index}-node",
-            bridge=f"rl{index}br0",
-            bridge_cidr=f"10.{77 + index}.0.0/16",
-            gateway_ip=f"10.{77 + index}.0.1",
             apiserver_port=6443 + 10000 * index,
             etcd_client_port=12379 + 1000 * index,
             etcd_peer_port=12380 + 1000 * index,
             kcm_port=10257 + 10000 * index,
-            scheduler_port=10259 + 10000 * index,
         )
 
     def to_json(self) -> str:
@@ -103,7 +85,7 @@ class ClusterConfig:
 
     @property
     def config_file(self) -> Path:
-        """This config as JSON, for the kubelet process."""
+        """This config as JSON (`python -m localcluster scratch-config`)."""
         return self.state_dir / "cluster.json"
 
     @property
@@ -119,17 +101,8 @@ class ClusterConfig:
         return self.state_dir / "logs"
 
     @property
-    def pod_logs_dir(self) -> Path:
-        return self.logs_dir / "pods"
-
-    @property
     def pids_dir(self) -> Path:
         return self.state_dir / "pids"
-
-    @property
-    def pods_dir(self) -> Path:
-        """One directory per pod (by uid): hosts, resolv.conf, SA files, state.json."""
-        return self.state_dir / "pods"
 
     @property
     def kubeconfig(self) -> Path:
@@ -146,11 +119,6 @@ class ClusterConfig:
     @property
     def apiserver_url(self) -> str:
         return f"https://127.0.0.1:{self.apiserver_port}"
-
-    @property
-    def apiserver_pod_url(self) -> str:
-        """The apiserver as pods reach it (KUBERNETES_SERVICE_HOST/PORT)."""
-        return f"https://{self.gateway_ip}:{self.apiserver_port}"
 
     def binary(self, name: str) -> Path:
         return self.bin_dir / name

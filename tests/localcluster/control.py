@@ -1,4 +1,10 @@
-"""`up`, `down` and `status` of the local cluster.
+"""`up`, `down` and `status` of the local control plane.
+
+It is etcd, kube-apiserver and kube-controller-manager from the Go-built
+binaries, and nothing else: no node, no pod ever runs. Pods, images,
+NetworkPolicy and faults are the kind tier's (tests/kind); this control plane
+serves the tests that need only a real API server (CRD schema and CEL,
+admission, RBAC) and starts in seconds.
 
 `up` is idempotent: a cluster whose recorded processes all live and whose
 apiserver answers /readyz is reused; anything else (a crashed earlier run,
@@ -15,7 +21,6 @@ import json
 import os
 import shutil
 import ssl
-import stat
 import sys
 import time
 import urllib.error
@@ -25,21 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from localcluster import network, pki, procs
+from localcluster import pki, procs
 from localcluster.config import ClusterConfig
-from localcluster.kubelet.runtime import KEEP_DIR
 
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
-BINARIES = (
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubectl",
-    "helm",
-)
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
 
 
 class ClusterError(RuntimeError):
@@ -77,59 +72,6 @@ def api_json(cfg: ClusterConfig, path: str) -> dict[str, Any] | None:
     return data
 
 
-KUBELET_RBAC = "reactive-loop:kubelet-networkpolicy"
-
-
-def ensure_kubelet_rbac(cfg: ClusterConfig) -> None:
-    """Let the kubelet (group system:nodes) list/watch NetworkPolicies and namespaces.
-
-    The Node authorizer does not grant them; the test kubelet enforces ingress
-    policies, so it needs them. Server-side apply as admin: idempotent.
-    """
-    rbac = "/apis/rbac.authorization.k8s.io/v1"
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": KUBELET_RBAC},
-        "rules": [
-            {
-                "apiGroups": ["networking.k8s.io"],
-                "resources": ["networkpolicies"],
-                "verbs": ["get", "list", "watch"],
-            },
-            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-        ],
-    }
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": KUBELET_RBAC},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": KUBELET_RBAC,
-        },
-        "subjects": [
-            {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}
-        ],
-    }
-    for kind, obj in (("clusterroles", role), ("clusterrolebindings", binding)):
-        url = (
-            f"{cfg.apiserver_url}{rbac}/{kind}/{KUBELET_RBAC}?fieldManager=localcluster&force=true"
-        )
-        req = urllib.request.Request(
-            url,
-            data=json.dumps(obj).encode(),
-            method="PATCH",
-            headers={"Content-Type": "application/apply-patch+yaml"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10, context=_ssl_context(cfg)):
-                pass
-        except (OSError, urllib.error.HTTPError) as e:
-            raise ClusterError(f"applying {kind}/{KUBELET_RBAC}: {e}") from e
-
-
 def wait_until(what: str, check: Callable[[], bool], timeout: float, log: Path | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -159,11 +101,6 @@ def component_specs(cfg: ClusterConfig) -> list[Component]:
     etcd_url = f"http://127.0.0.1:{cfg.etcd_client_port}"
     peer_url = f"http://127.0.0.1:{cfg.etcd_peer_port}"
     kcm_kc = str(_kubeconfig_path(cfg, "controller-manager"))
-    sched_kc = str(_kubeconfig_path(cfg, "scheduler"))
-    sched_cfg = cfg.state_dir / "kube-scheduler.yaml"
-    kubelet_env = dict(os.environ)
-    kubelet_env["PYTHONPATH"] = str(cfg.root / "tests")
-    kubelet_env["PYTHONUNBUFFERED"] = "1"
     return [
         Component(
             "etcd",
@@ -185,19 +122,16 @@ def component_specs(cfg: ClusterConfig) -> list[Component]:
             [
                 str(cfg.binary("kube-apiserver")),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=0.0.0.0",
-                f"--advertise-address={cfg.gateway_ip}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
                 f"--secure-port={cfg.apiserver_port}",
                 f"--cert-dir={p}",
                 f"--tls-cert-file={p / 'apiserver.crt'}",
                 f"--tls-private-key-file={p / 'apiserver.key'}",
                 f"--client-ca-file={p / 'ca.crt'}",
-                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
-                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
-                "--authorization-mode=Node,RBAC",
-                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                "--authorization-mode=RBAC",
                 "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,"
-                "DefaultTolerationSeconds,Priority,ResourceQuota,PodSecurity,NodeRestriction,"
+                "DefaultTolerationSeconds,Priority,ResourceQuota,PodSecurity,"
                 "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
                 f"--service-account-issuer=https://kubernetes.default.svc.{cfg.cluster_domain}",
                 f"--service-account-key-file={p / 'sa.pub'}",
@@ -225,34 +159,9 @@ def component_specs(cfg: ClusterConfig) -> list[Component]:
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={cfg.kcm_port}",
-                "--node-monitor-period=2s",
                 "--profiling=false",
                 "--v=1",
             ],
-        ),
-        Component(
-            "kube-scheduler",
-            [
-                str(cfg.binary("kube-scheduler")),
-                f"--config={sched_cfg}",
-                f"--authentication-kubeconfig={sched_kc}",
-                f"--authorization-kubeconfig={sched_kc}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={cfg.scheduler_port}",
-                "--profiling=false",
-                "--v=1",
-            ],
-        ),
-        Component(
-            "kubelet",
-            [
-                sys.executable,
-                "-m",
-                "localcluster.kubelet",
-                "--config",
-                str(cfg.config_file),
-            ],
-            env=kubelet_env,
         ),
     ]
 
@@ -284,29 +193,8 @@ def apiserver_ready(cfg: ClusterConfig) -> bool:
     return api_get(cfg, "/readyz")[0] == 200
 
 
-def node_ready(cfg: ClusterConfig) -> bool:
-    node = api_json(cfg, f"/api/v1/nodes/{cfg.node_name}")
-    if node is None:
-        return False
-    conds = node.get("status", {}).get("conditions", [])
-    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-    taints = node.get("spec", {}).get("taints") or []
-    blocked = any(t.get("key", "").startswith("node.kubernetes.io/not-ready") for t in taints)
-    return ready and not blocked
-
-
 def default_sa_exists(cfg: ClusterConfig) -> bool:
     return api_json(cfg, "/api/v1/namespaces/default/serviceaccounts/default") is not None
-
-
-def kubelet_serving(cfg: ClusterConfig) -> bool:
-    """The kubelet answers on its HTTPS port (it registers the Node right after)."""
-    url = f"https://{cfg.gateway_ip}:{cfg.kubelet_port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=1, context=_ssl_context(cfg)) as resp:
-            return bool(resp.status == 200)
-    except (OSError, ssl.SSLError):
-        return False
 
 
 def healthy(cfg: ClusterConfig) -> bool:
@@ -315,65 +203,38 @@ def healthy(cfg: ClusterConfig) -> bool:
 
 # --- host preparation ---------------------------------------------------------------
 def check_prerequisites(cfg: ClusterConfig) -> None:
-    if os.geteuid() != 0:
-        raise ClusterError("the local cluster needs root (network namespaces, bridge, mounts)")
     missing = [b for b in BINARIES if not os.access(cfg.binary(b), os.X_OK)]
     if missing:
         raise ClusterError(
             f"missing binaries in {cfg.bin_dir}: {', '.join(missing)} (run: make tools)"
         )
-    for tool in ("ip", "iptables", "openssl", "unshare", "setpriv", "mount"):
+    for tool in ("openssl",):
         if shutil.which(tool) is None:
             raise ClusterError(f"missing host tool {tool!r} (run: make system-deps)")
     if not cfg.venv_bin.is_dir():
         raise ClusterError(f"no virtualenv at {cfg.venv_bin.parent} (run: make venv)")
 
 
-def make_venv_reachable(cfg: ClusterConfig) -> None:
-    """Let non-root containers (securityContext.runAsUser) run the venv's python.
-
-    Adds only the search (x) bit for others on ancestor directories that lack
-    it (typically /root, where pyenv keeps the interpreter); nothing is made
-    listable or readable that was not.
-    """
-    targets = [cfg.venv_bin, Path(os.path.realpath(cfg.venv_bin / "python"))]
-    for target in targets:
-        for d in [*reversed(target.parents), target if target.is_dir() else target.parent]:
-            mode = d.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                d.chmod(mode | stat.S_IXOTH)
-                say(f"added o+x to {d} so pods running as non-root can reach the venv")
-
-
 def write_configs(cfg: ClusterConfig) -> None:
-    for d in (cfg.state_dir, cfg.logs_dir, cfg.pod_logs_dir, cfg.pids_dir, cfg.pods_dir):
+    for d in (cfg.state_dir, cfg.logs_dir, cfg.pids_dir):
         d.mkdir(parents=True, exist_ok=True)
     pki.ensure_pki(cfg)
     pki.write_kubeconfig(cfg, cfg.kubeconfig, "admin", cfg.apiserver_url)
-    for stem in ("controller-manager", "scheduler", "kubelet"):
-        pki.write_kubeconfig(cfg, _kubeconfig_path(cfg, stem), stem, cfg.apiserver_url)
-    sched = {
-        "apiVersion": "kubescheduler.config.k8s.io/v1",
-        "kind": "KubeSchedulerConfiguration",
-        "clientConnection": {"kubeconfig": str(_kubeconfig_path(cfg, "scheduler"))},
-        "leaderElection": {"leaderElect": False},
-    }
-    (cfg.state_dir / "kube-scheduler.yaml").write_text(yaml.safe_dump(sched))
+    pki.write_kubeconfig(
+        cfg, _kubeconfig_path(cfg, "controller-manager"), "controller-manager", cfg.apiserver_url
+    )
     cfg.config_file.write_text(cfg.to_json())
     cfg.env_file.write_text(
         "# source me: the local cluster's kubeconfig and the built kubectl/helm\n"
         f"export KUBECONFIG={cfg.kubeconfig}\n"
         f'export PATH={cfg.bin_dir}:{cfg.venv_bin}:"$PATH"\n'
     )
-    # Pods bind-mount their ServiceAccount directory over this path.
-    Path("/run/secrets/kubernetes.io/serviceaccount").mkdir(parents=True, exist_ok=True)
 
 
 # --- up / down / status --------------------------------------------------------------
 READY_CHECKS: dict[str, tuple[Callable[[ClusterConfig], bool], float]] = {
     "etcd": (etcd_healthy, 30.0),
     "kube-apiserver": (apiserver_ready, 90.0),
-    "kubelet": (kubelet_serving, 30.0),
 }
 
 
@@ -397,21 +258,16 @@ def up(cfg: ClusterConfig) -> float:
 
 def _up(cfg: ClusterConfig) -> float:
     t0 = time.monotonic()
-    if healthy(cfg) and node_ready(cfg):
+    if healthy(cfg):
         say("cluster already running; reusing it")
         return time.monotonic() - t0
     check_prerequisites(cfg)
-    leftover_netns = network.list_pod_netns(cfg.prefix)
-    if any(procs.read_pidfile(pidfile(cfg, c)) for c in COMPONENTS) or leftover_netns:
+    if any(procs.read_pidfile(pidfile(cfg, c)) for c in COMPONENTS):
         say("found leftovers of an earlier run; cleaning up first")
         _down(cfg, quiet=True)
-    make_venv_reachable(cfg)
     write_configs(cfg)
-    network.setup_host(cfg)
     for comp in component_specs(cfg):
         log = log_path(cfg, comp.name)
-        if comp.name == "kubelet":
-            ensure_kubelet_rbac(cfg)
         rec = procs.spawn(comp.args, log, comp.env)
         procs.write_pidfile(pidfile(cfg, comp.name), rec)
         say(f"started {comp.name} (pid {rec.pid}, log {log})")
@@ -419,12 +275,6 @@ def _up(cfg: ClusterConfig) -> float:
             check, timeout = READY_CHECKS[comp.name]
             ready = functools.partial(_ready_or_dead, cfg, rec, check, comp.name)
             wait_until(f"{comp.name} to become ready", ready, timeout, log)
-    wait_until(
-        f"node {cfg.node_name} to be Ready and untainted",
-        lambda: node_ready(cfg) or _fail_if_dead(cfg),
-        60,
-        log_path(cfg, "kubelet"),
-    )
     wait_until(
         "the default ServiceAccount (kube-controller-manager)",
         lambda: default_sa_exists(cfg) or _fail_if_dead(cfg),
@@ -439,8 +289,7 @@ def _up(cfg: ClusterConfig) -> float:
 def restart(cfg: ClusterConfig, name: str) -> None:
     """Restart one component of a running cluster with the current code/flags.
 
-    etcd data, objects and the other components stay; restarting the kubelet
-    restarts every pod (fresh netns and address), as a node reboot would.
+    etcd data, objects and the other components stay.
     """
     if name not in COMPONENTS:
         raise ClusterError(f"unknown component {name!r} (one of {', '.join(COMPONENTS)})")
@@ -451,8 +300,6 @@ def restart(cfg: ClusterConfig, name: str) -> None:
         write_configs(cfg)
         comp = next(c for c in component_specs(cfg) if c.name == name)
         log = log_path(cfg, name)
-        if name == "kubelet":
-            ensure_kubelet_rbac(cfg)
         new = procs.spawn(comp.args, log, comp.env)
         procs.write_pidfile(pidfile(cfg, name), new)
         say(f"restarted {name} (pid {new.pid})")
@@ -460,7 +307,6 @@ def restart(cfg: ClusterConfig, name: str) -> None:
             check, timeout = READY_CHECKS[name]
             ready = functools.partial(_ready_or_dead, cfg, new, check, name)
             wait_until(f"{name} to become ready", ready, timeout, log)
-        wait_until("the node to be Ready", lambda: node_ready(cfg), 60, log_path(cfg, "kubelet"))
 
 
 def _ready_or_dead(
@@ -494,18 +340,7 @@ def _down(cfg: ClusterConfig, quiet: bool) -> list[str]:
             procs.stop(rec)
             report.append(f"stopped {name} (pid {rec.pid})")
         pidfile(cfg, name).unlink(missing_ok=True)
-    # Container processes live in our network namespaces: find them there,
-    # so this works even when the kubelet died without writing state.
-    for ns in network.list_pod_netns(cfg.prefix):
-        out = network.run(["ip", "netns", "pids", ns], check=False).stdout.split()
-        for pid in out:
-            rec = procs.ProcRecord.of(int(pid))
-            if rec is not None:
-                procs.stop(rec, grace=1.0)
-                report.append(f"killed pod process {pid} in {ns}")
-    report += network.teardown_host(cfg)
-    for d in (cfg.etcd_dir, cfg.pods_dir, KEEP_DIR):
-        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(cfg.etcd_dir, ignore_errors=True)
     if not quiet:
         for line in report or ["nothing was running"]:
             say(line)
@@ -513,7 +348,7 @@ def _down(cfg: ClusterConfig, quiet: bool) -> list[str]:
 
 
 def status(cfg: ClusterConfig) -> dict[str, Any]:
-    """What runs: each component's pid (or None), apiserver/node readiness, pods."""
+    """What runs: each component's pid (or None), apiserver readiness."""
     comps: dict[str, int | None] = {}
     for name in COMPONENTS:
         rec = component_record(cfg, name)
@@ -521,13 +356,5 @@ def status(cfg: ClusterConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"components": comps, "apiserver_ready": False}
     if comps["kube-apiserver"] and apiserver_ready(cfg):
         result["apiserver_ready"] = True
-        result["node_ready"] = node_ready(cfg)
-        pods = api_json(cfg, "/api/v1/pods") or {"items": []}
-        result["pods"] = [
-            f"{p['metadata']['namespace']}/{p['metadata']['name']}: "
-            f"{p.get('status', {}).get('phase', '?')}"
-            for p in pods["items"]
-        ]
-    result["netns"] = network.list_pod_netns(cfg.prefix)
     result["kubeconfig"] = str(cfg.kubeconfig)
     return result

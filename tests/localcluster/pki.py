@@ -29,9 +29,6 @@ def client_identities(cfg: ClusterConfig) -> tuple[ClientIdentity, ...]:
     return (
         ClientIdentity("admin", "admin", "system:masters"),
         ClientIdentity("controller-manager", "system:kube-controller-manager", None),
-        ClientIdentity("scheduler", "system:kube-scheduler", None),
-        ClientIdentity("kubelet", f"system:node:{cfg.node_name}", "system:nodes"),
-        ClientIdentity("apiserver-kubelet-client", "kube-apiserver", None),
     )
 
 
@@ -95,7 +92,7 @@ def server_sans(cfg: ClusterConfig) -> list[str]:
         f"kubernetes.default.svc.{cfg.cluster_domain}",
         "localhost",
     ]
-    ips = ["127.0.0.1", cfg.gateway_ip, cfg.kubernetes_service_ip]
+    ips = ["127.0.0.1", cfg.kubernetes_service_ip]
     return [f"DNS:{n}" for n in names] + [f"IP:{i}" for i in ips]
 
 
@@ -132,14 +129,6 @@ def ensure_pki(cfg: ClusterConfig) -> None:
             "apiserver",
             "/CN=kube-apiserver",
             ["extendedKeyUsage=serverAuth", "subjectAltName=" + ",".join(server_sans(cfg))],
-        ),
-        (
-            "kubelet-serving",
-            f"/CN={cfg.node_name}",
-            [
-                "extendedKeyUsage=serverAuth",
-                f"subjectAltName=IP:{cfg.gateway_ip},DNS:{cfg.node_name}",
-            ],
         ),
     ]
     for ident in client_identities(cfg):

@@ -1,14 +1,16 @@
 """Fixtures of the monitoring tests: real local loops scraped by a real Prometheus.
 
-Both stages run one Prometheus: the one `make tools` builds from the Go
-module github.com/prometheus/prometheus into ~/.cache/reactive-loop/bin (or
+The Prometheus is the one `make tools` builds from the Go module
+github.com/prometheus/prometheus into ~/.cache/reactive-loop/bin (or
 $RL_CACHE/bin), with its promtool. Without it the tests fail; they never skip.
 
-Stage 1 (no cluster): `reactive-loop run` starts real node processes on
+No cluster: `reactive-loop run` starts real node processes on
 127.0.0.1; Prometheus scrapes them with static targets that carry a
-`namespace` label, as Kubernetes service discovery would add. The rules and
-the dashboard come from the chart rendered by the real helm. Stage 2 (the
-cluster) discovers the pods with `kubernetes_sd_configs`.
+`namespace` label, as Kubernetes service discovery would add, and a
+`cluster` label, as a multi-cluster setup's relabelling would. The rules and
+the dashboard come from the chart rendered by the real helm. The same
+expressions run on kind through the real Prometheus Operator in
+tests/kind/test_monitoring.py.
 """
 
 from __future__ import annotations
@@ -21,18 +23,16 @@ from typing import Any
 import pytest
 import yaml
 from chart.helmchart import find_helm, render_chart
-from monitoring.localloops import NAMESPACE, REACTIVE_LOOP, LocalLoop, resume, start_loop, stop_loop
-from monitoring.promql import Prometheus, find_prometheus, promtool
-
-#: Chart values that make the alerts react within seconds in the tests.
-TEST_RULE_VALUES = [
-    "monitoring.prometheusRule.enabled=true",
-    "monitoring.prometheusRule.stalledAfterSeconds=4",
-    "monitoring.prometheusRule.stalledFor=1s",
-    "monitoring.prometheusRule.rateWindow=10s",
-    "monitoring.prometheusRule.tokenLostFor=30s",
-    "monitoring.prometheusRule.tokenDuplicatedFor=30s",
-]
+from monitoring.localloops import (
+    CLUSTER,
+    NAMESPACE,
+    REACTIVE_LOOP,
+    LocalLoop,
+    resume,
+    start_loop,
+    stop_loop,
+)
+from monitoring.promql import TEST_RULE_VALUES, Prometheus, find_prometheus, promtool
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +107,9 @@ def prometheus(
             {
                 "job_name": "reactive-loop-nodes",
                 "metrics_path": "/metrics",
-                "static_configs": [{"targets": targets, "labels": {"namespace": NAMESPACE}}],
+                "static_configs": [
+                    {"targets": targets, "labels": {"namespace": NAMESPACE, "cluster": CLUSTER}}
+                ],
             }
         ],
     }

@@ -14,6 +14,8 @@ from pathlib import Path
 from reactive_node.local import RunFileError, read_run_file
 
 NAMESPACE = "local-test"
+#: The `cluster` label the scrape gives every node series (as a multi-cluster setup would).
+CLUSTER = "local-cluster"
 REACTIVE_LOOP = str(Path(sys.executable).parent / "reactive-loop")
 
 

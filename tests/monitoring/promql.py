@@ -26,10 +26,21 @@ import yaml
 #: What the Grafana variables of the dashboard stand for during the test.
 GRAFANA_VARIABLES = {
     "$__rate_interval": "10s",
+    "$cluster": ".*",
     "$namespace": ".*",
     "$loop": ".*",
 }
 COMPARISONS = (">=", "<=", "==", "!=", ">", "<")
+#: Chart values that make the alerts react within seconds in the tests (local
+#: Prometheus here, the Prometheus Operator's on kind).
+TEST_RULE_VALUES = [
+    "monitoring.prometheusRule.enabled=true",
+    "monitoring.prometheusRule.stalledAfterSeconds=4",
+    "monitoring.prometheusRule.stalledFor=1s",
+    "monitoring.prometheusRule.rateWindow=10s",
+    "monitoring.prometheusRule.tokenLostFor=30s",
+    "monitoring.prometheusRule.tokenDuplicatedFor=30s",
+]
 
 
 @dataclass(frozen=True)
@@ -111,14 +122,19 @@ def rule_expressions(rule_spec: Mapping[str, Any]) -> list[Expression]:
     return found
 
 
-def substitute(expr: str) -> str:
+def substitute(expr: str, values: Mapping[str, str] | None = None) -> str:
+    """Replace the Grafana variables: `GRAFANA_VARIABLES`, updated with `values`
+    (e.g. {"$cluster": "other"} for a selection instead of "All")."""
+    variables = {**GRAFANA_VARIABLES, **(values or {})}
     # Longest names first, so $__rate_interval is not read as $__rate...
-    for name in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
-        expr = expr.replace(name, GRAFANA_VARIABLES[name])
+    for name in sorted(variables, key=len, reverse=True):
+        expr = expr.replace(name, variables[name])
     return expr
 
 
-def dashboard_expressions(dashboard: Mapping[str, Any]) -> list[Expression]:
+def dashboard_expressions(
+    dashboard: Mapping[str, Any], values: Mapping[str, str] | None = None
+) -> list[Expression]:
     """Every panel target of the dashboard, Grafana variables substituted."""
     found: list[Expression] = []
 
@@ -129,7 +145,8 @@ def dashboard_expressions(dashboard: Mapping[str, Any]) -> list[Expression]:
 
     for p in panels(dashboard["panels"]):
         for t in p.get("targets", []):
-            found.append(Expression(f"panel {p['title']!r} {t['refId']}", substitute(t["expr"])))
+            origin = f"panel {p['title']!r} {t['refId']}"
+            found.append(Expression(origin, substitute(t["expr"], values)))
     return found
 
 

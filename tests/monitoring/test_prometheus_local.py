@@ -3,7 +3,8 @@
 Every expression of the alert rules (each side of the final comparison, see
 docs/monitoring.md) and every target of the dashboard must return data. The
 operator's expressions need a running operator, which needs Kubernetes; here
-they must be valid PromQL, and the cluster stage checks that they return data.
+they must be valid PromQL, and tests/kind/test_monitoring.py checks on kind,
+through the real Prometheus Operator, that they return data.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from monitoring.localloops import NAMESPACE, LocalLoop, resume
+from monitoring.localloops import CLUSTER, NAMESPACE, LocalLoop, resume
 from monitoring.promql import (
     Expression,
     Prometheus,
@@ -114,8 +115,23 @@ def test_dashboard_variables_list_the_namespace_and_the_loops(
     for name, series, label in variable_queries(rendered_monitoring["dashboard"]):
         result = prometheus.poll(series, 20)
         found[name] = {s["metric"].get(label) for s in result}
+    assert found["cluster"] == {CLUSTER}
     assert found["namespace"] == {NAMESPACE}
     assert found["loop"] == {"conv", "tok", "stall"}
+
+
+def test_the_dashboard_follows_the_selected_cluster_and_namespace(
+    prometheus: Prometheus, rendered_monitoring: dict[str, Any]
+) -> None:
+    """Selected by name, every node expression still returns data; selecting
+    another cluster or namespace empties every one of them (none ignores it)."""
+    dashboard = rendered_monitoring["dashboard"]
+    chosen = {"$cluster": CLUSTER, "$namespace": NAMESPACE, "$loop": "conv|tok|stall"}
+    check_returns_data(prometheus, dashboard_expressions(dashboard, chosen))
+    for other in ({"$cluster": "elsewhere"}, {"$namespace": "elsewhere"}):
+        for e in dashboard_expressions(dashboard, {**chosen, **other}):
+            # Aggregations of nothing are nothing (`time() - max(...)` too).
+            assert not prometheus.query(e.expr), (other, e.origin)
 
 
 def test_the_numbers_behind_the_panels_are_those_of_a_healthy_loop(

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from asyncio.subprocess import PIPE, STDOUT
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from node.nodesupport import LOOP, MakeNode, NodeUnderTest, eventually
+from node.nodesupport import KEY, LOOP, OTHER_KEY, MakeNode, NodeUnderTest, eventually, signature
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
+from reactive_node import auth, contract
 from reactive_node.behaviors import Converge
-from reactive_node.codec import encode_state, sign
+from reactive_node.codec import encode_state
 from reactive_node.config import NodeConfig
 from reactive_node.metrics import NodeMetrics
 from reactive_node.node import Node
@@ -49,7 +50,9 @@ async def test_round_trip_merges_persists_and_answers(make_node: MakeNode) -> No
     assert r.status == 200
     answer = await r.json()
     assert answer == {"from": "test-1", "state": {"generation": 2, "target": {"image": "v2"}}}
-    assert json.loads(n.store.raw or "") == answer["state"]
+    stored = json.loads(n.store.raw or "")
+    assert stored.pop(contract.HISTORY_STATE_KEY)[0]["kind"] == "adopt"  # docs/node.md
+    assert stored == answer["state"]
     assert n.metric(REQUESTS, outcome="ok") == 1
     # Same state again: no new write (steady state makes zero writes).
     r = await post(n, body(seq=2))
@@ -67,7 +70,15 @@ BAD_INPUTS = [
     (json.dumps(body(boot=-1)).encode(), 400, "bad_request"),
     (json.dumps(body(state="x")).encode(), 400, "bad_request"),
     (json.dumps({k: v for k, v in body().items() if k != "from"}).encode(), 400, "bad_request"),
-    (json.dumps(body(extra=1)).encode(), 400, "bad_request"),
+    # Unknown fields are ignored (protocol version 2) but checked.
+    (json.dumps(body(extra=2**60)).encode(), 400, "bad_request"),
+    (
+        json.dumps(
+            body(extra=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]])
+        ).encode(),
+        400,
+        "bad_request",
+    ),
     (json.dumps(body(state={"generation": "2", "target": 1})).encode(), 400, "bad_request"),
     (json.dumps(body(loop="other")).encode(), 400, "wrong_loop"),
     (json.dumps(body(state={"generation": 1, "target": "x" * 70000})).encode(), 413, "too_large"),
@@ -98,7 +109,9 @@ async def test_oversized_body_without_length_is_refused(make_node: MakeNode) -> 
         for _ in range(20):
             yield b"x" * 4096
 
-    r = await n.client.post(contract.ROUNDTRIP_PATH, data=chunks())
+    r = await n.client.post(
+        contract.ROUNDTRIP_PATH, data=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert r.status == 413
     assert (await r.json())["error"] == "too_large"
     assert n.metric(REQUESTS, outcome="too_large") == 1
@@ -119,17 +132,61 @@ async def test_replayed_and_older_requests_are_stale(make_node: MakeNode) -> Non
 
 
 async def test_signatures_are_required_when_a_key_is_configured(make_node: MakeNode) -> None:
-    n = await make_node(hmac_key="s3cret")
+    n = await make_node(hmac_key=KEY)
     raw = json.dumps(body()).encode()
     missing = await post(n, raw)
     assert missing.status == 401
     assert (await missing.json())["error"] == "unauthorized"
-    wrong = await post(n, raw, **{contract.SIGNATURE_HEADER: sign(b"other", raw)})
+    wrong = await post(n, raw, **signature(raw, key=OTHER_KEY))
     assert wrong.status == 401
+    assert "unknown key id" in (await wrong.json())["detail"]
     assert n.store.writes == 0
     assert n.metric(REQUESTS, outcome="unauthorized") == 2
-    good = await post(n, raw, **{contract.SIGNATURE_HEADER: sign(b"s3cret", raw)})
+    good = await post(n, raw, **signature(raw))
     assert good.status == 200
+    assert n.node.describe()["auth"] == {
+        "primary": auth.key_id(KEY),
+        "keyIds": [auth.key_id(KEY)],
+        "error": None,
+    }
+
+
+async def test_signed_fields_are_all_checked(make_node: MakeNode) -> None:
+    n = await make_node(hmac_key=KEY)
+
+    async def refused(raw: bytes, headers: dict[str, str], why: str) -> None:
+        r = await post(n, raw, **headers)
+        answer = await r.json()
+        assert (r.status, answer["error"]) == (401, "unauthorized"), answer
+        assert why in answer["detail"], answer
+
+    raw = json.dumps(body(seq=1)).encode()
+    await refused(raw, signature(raw, to="test-2"), "signed for test-2")
+    await refused(raw, signature(raw, sender="test-2"), "signed by test-2")
+    await refused(raw, signature(raw, now=time.time() - 31), "more than 30 s")
+    await refused(raw, signature(raw, now=time.time() + 31), "more than 30 s")
+    await refused(raw, signature(raw, now=n.node.started_at - 0.5), "before this node started")
+    await refused(raw + b" ", signature(raw), "bad signature")
+    header = signature(raw)[contract.SIGNATURE_HEADER]
+    tampered = header[:-1] + ("1" if header.endswith("0") else "0")
+    await refused(raw, {contract.SIGNATURE_HEADER: tampered}, "bad signature")
+    await refused(raw, {contract.SIGNATURE_HEADER: header[:-1]}, "malformed")
+    ok = signature(raw)
+    assert (await post(n, raw, **ok)).status == 200
+    await refused(raw, ok, "replayed")
+    assert n.store.writes == 1
+
+
+async def test_a_signed_request_for_another_method_or_path_does_not_verify() -> None:
+    keys = auth.Keyring.of(KEY)
+    raw = b"{}"
+    now = time.time()
+    value = auth.sign(keys, sender="a", recipient="b", body=raw, now=now, path="/v1/other")
+    with pytest.raises(auth.Unauthorized, match="bad signature"):
+        auth.Verifier("b", not_before=0).check(keys, value, body=raw, now=now)
+    value = auth.sign(keys, sender="a", recipient="b", body=raw, now=now, method="PUT")
+    with pytest.raises(auth.Unauthorized, match="bad signature"):
+        auth.Verifier("b", not_before=0).check(keys, value, body=raw, now=now)
 
 
 async def test_persist_failure_answers_503_and_keeps_state(make_node: MakeNode) -> None:
@@ -162,7 +219,7 @@ async def test_state_document_has_the_agreed_shape(make_node: MakeNode) -> None:
     assert set(doc) == {
         "loop", "node", "ordinal", "behavior", "topology", "boot", "ready", "phase", "loops",
         "waits", "lastWaitReason", "lastLoopAt", "replicas", "state", "stateError", "summary",
-        "edges",
+        "edges", "auth", "protocol", "suspended",
     }  # fmt: skip
     assert set(doc["summary"]) == {"generation", "target", "holding", "epoch"}
     assert doc["loop"] == LOOP
@@ -173,6 +230,7 @@ async def test_state_document_has_the_agreed_shape(make_node: MakeNode) -> None:
     assert doc["state"] == {"generation": 0, "target": None}
     assert doc["stateError"] is None
     assert doc["edges"] == []
+    assert doc["auth"] is None
     assert (await n.client.get(contract.HEALTH_PATH)).status == 200
     assert (await n.client.get(contract.READY_PATH)).status == 200
 

@@ -75,26 +75,43 @@ def test_converge_validate_rejects(raw: Any) -> None:
 
 
 # --- token --------------------------------------------------------------------
-SETTINGS = Settings(interval=1.0, token_hold=5.0, token_loss_timeout=30.0, token_stagger=2.0)
+SETTINGS = Settings(
+    interval=1.0, token_hold=5.0, token_loss_timeout=30.0, token_stagger=2.0, token_lease=3.0
+)
 
 
 def holder(epoch: list[int], since: float = 0.0) -> dict[str, Any]:
-    return {"holding": True, "epoch": epoch, "since": since, "seenAt": since, "offer": None}
+    return Token().validate(
+        {
+            "holding": True,
+            "epoch": epoch,
+            "since": since,
+            "seenAt": since,
+            "offer": None,
+            "origin": [1, 0],
+            "acked": [1, 0],
+        }
+    )
 
 
 def test_token_hand_off_round_trip() -> None:
     token = Token()
     giver = holder([3, 0], since=0.0)
-    # Not yet: the hold time has not passed.
-    assert token.tick(giver, ctx(0, now=4.0, settings=SETTINGS, peer=1)) == giver
-    offering = token.tick(giver, ctx(0, now=6.0, settings=SETTINGS, peer=1))
+    acting: dict[str, Any] = {"settings": SETTINGS, "peer": 1, "acting": True, "quiet": 0.0}
+    # Not yet: the hold time has not passed; and a holder that does not act never hands on.
+    assert token.tick(giver, ctx(0, now=4.0, **acting)) == giver
+    assert token.tick(giver, ctx(0, now=6.0, **{**acting, "acting": False})) == giver
+    offering = token.tick(giver, ctx(0, now=6.0, **acting))
     assert offering["offer"] == {"to": 1, "epoch": [4, 1]}
     assert offering["holding"]
     assert peer_hint(token, offering, ctx(0, replicas=3)) == 1
+    assert token.holder_epoch(offering) is None  # an offer made: it acts no more
     receiver = token.initial(ctx(1))
     received = token.respond(receiver, offering, ctx(1, now=6.1, settings=SETTINGS))
     assert received["holding"]
     assert received["epoch"] == [4, 1]
+    assert received["origin"] == [1, 0]  # the same chain
+    assert received["acked"] == [1, 0]  # a node that vouched for none may vouch for it
     released = token.react(offering, received, ctx(0, now=6.2, settings=SETTINGS))
     assert not released["holding"]
     assert released["epoch"] == [4, 1]
@@ -102,13 +119,27 @@ def test_token_hand_off_round_trip() -> None:
     assert token.respond(received, offering, ctx(1, now=7.0, settings=SETTINGS)) == received
 
 
-def test_token_offer_is_never_retargeted() -> None:
+def test_token_a_node_vouches_for_one_chain_within_the_guard() -> None:
     token = Token()
-    offering = {**holder([3, 0]), "offer": {"to": 1, "epoch": [4, 1]}}
-    assert token.tick(offering, ctx(0, now=50.0, settings=SETTINGS, peer=2)) == offering
-    # Another node ignores an offer meant for node 1.
-    other = token.initial(ctx(2))
-    assert not token.respond(other, offering, ctx(2, settings=SETTINGS))["holding"]
+    other = {**holder([9, 2]), "origin": [9, 2], "acked": [9, 2]}
+    mine = token.validate(
+        {
+            "holding": False,
+            "epoch": [3, 0],
+            "since": None,
+            "seenAt": 0.0,
+            "offer": None,
+            "origin": [1, 0],
+            "acked": [1, 0],
+        }
+    )
+    soon = token.respond(mine, other, ctx(1, settings=SETTINGS, guard_quiet=1.0))
+    assert soon["epoch"] == [9, 2]
+    assert soon["acked"] == [1, 0]
+    assert not token.vouches(soon, other)
+    later = token.respond(mine, other, ctx(1, settings=SETTINGS, guard_quiet=4.0))
+    assert later["acked"] == [9, 2]
+    assert token.vouches(later, other)
 
 
 def test_token_holder_releases_on_a_newer_epoch() -> None:
@@ -121,24 +152,57 @@ def test_token_holder_releases_on_a_newer_epoch() -> None:
     assert token.react(mine, older, ctx(2)) == mine
 
 
-def test_token_regenerates_after_the_loss_timeout_staggered_by_ordinal() -> None:
+def test_token_regenerates_only_with_a_majority_staggered_by_ordinal() -> None:
     token = Token()
-    seen = {"holding": False, "epoch": [7, 1], "since": None, "seenAt": 10.0, "offer": None}
-    # node 0: 30 s, node 2: 34 s after the last news
-    assert not token.tick(seen, ctx(0, now=39.0, settings=SETTINGS))["holding"]
-    regenerated = token.tick(seen, ctx(0, now=41.0, settings=SETTINGS))
+    seen = token.validate(
+        {"holding": False, "epoch": [7, 1], "since": None, "seenAt": 10.0, "offer": None}
+    )
+    quiet: dict[str, Any] = {"settings": SETTINGS, "confirmed": 1, "confirmed_epoch": (9, 2)}
+    lost = token.tick(seen, ctx(0, quiet=30.0, **{**quiet, "confirmed": 0}))
+    assert lost["lost"]
+    assert not lost["holding"]
+    assert not token.tick(lost, ctx(0, quiet=29.0, **quiet))["holding"]
+    # node 0 of 3: itself and one peer make a majority; a lone node waits.
+    assert not token.tick(lost, ctx(0, quiet=40.0, **{**quiet, "confirmed": 0}))["holding"]
+    regenerated = token.tick(lost, ctx(0, quiet=40.0, **quiet))
     assert regenerated["holding"]
-    assert regenerated["epoch"] == [8, 0]
-    assert not token.tick(seen, ctx(2, now=43.0, settings=SETTINGS))["holding"]
-    assert token.tick(seen, ctx(2, now=45.0, settings=SETTINGS))["epoch"] == [8, 2]
+    # Two terms above every epoch the answers carried (and any offer or renewal of it).
+    assert regenerated["epoch"] == [11, 0]
+    assert regenerated["origin"] == [11, 0]  # a new chain
+    assert not token.tick(lost, ctx(2, quiet=33.0, **quiet))["holding"]
+    assert token.tick(lost, ctx(2, quiet=35.0, **quiet))["epoch"] == [11, 2]
+    # of 5 nodes, it takes two peers
+    assert not token.tick(lost, ctx(0, replicas=5, quiet=40.0, **quiet))["holding"]
+    assert token.tick(lost, ctx(0, replicas=5, quiet=40.0, **{**quiet, "confirmed": 2}))["holding"]
 
 
 def test_token_first_token_comes_from_node_0() -> None:
     token = Token()
     fresh = token.initial(ctx(0))
-    assert token.tick(fresh, ctx(0, now=2.0, settings=SETTINGS))["holding"] is False
-    assert token.tick(fresh, ctx(0, now=3.5, settings=SETTINGS))["epoch"] == [1, 0]
-    assert token.tick(fresh, ctx(1, now=3.5, settings=SETTINGS))["holding"] is False
+    majority: dict[str, Any] = {"settings": SETTINGS, "confirmed": 1}
+    assert token.tick(fresh, ctx(0, quiet=2.0, **majority))["holding"] is False
+    assert token.tick(fresh, ctx(0, quiet=3.5, settings=SETTINGS))["holding"] is False
+    assert token.tick(fresh, ctx(0, quiet=3.5, **majority))["epoch"] == [1, 0]
+    assert token.tick(fresh, ctx(1, quiet=3.5, **majority))["holding"] is False
+
+
+def test_token_holder_without_a_majority_gives_up_after_the_loss_timeout() -> None:
+    token = Token()
+    mine = holder([3, 0])
+    assert token.tick(mine, ctx(0, quiet=29.0, settings=SETTINGS)) == mine
+    given_up = token.tick(mine, ctx(0, quiet=30.0, settings=SETTINGS))
+    assert not given_up["holding"]
+    assert given_up["lost"]
+    assert token.confirms_loss(given_up)
+
+
+def test_token_renews_its_epoch_before_acting_again() -> None:
+    token = Token()
+    mine = holder([3, 0])
+    renewed = token.tick(mine, ctx(0, quiet=1.0, renew=True, settings=SETTINGS))
+    assert renewed["epoch"] == [4, 0]
+    assert renewed["holding"]
+    assert renewed["since"] == mine["since"]
 
 
 @pytest.mark.parametrize(

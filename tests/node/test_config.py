@@ -27,7 +27,7 @@ def test_environment_then_flags() -> None:
         contract.ENV_INTERVAL: "0.5",
         contract.ENV_TIMEOUT: "0.2",
         contract.ENV_BEHAVIOR: "token",
-        contract.ENV_HMAC_KEY: "s3cret-key-xyz",
+        contract.ENV_HMAC_KEY_FILE: "/keys/primary",
     }
     config = load_config(["--interval", "2", "--topology", "mesh"], env)
     assert config.loop == "demo"
@@ -38,10 +38,10 @@ def test_environment_then_flags() -> None:
     assert config.timeout == 0.2
     assert config.topology == "mesh"
     assert config.behavior == "token"
-    assert config.hmac_bytes() == b"s3cret-key-xyz"
+    assert config.hmac_key_file == Path("/keys/primary")
+    assert config.signed
     assert config.peer_address(4) == "demo-4.demo.ns.svc.cluster.local:8080"
     assert config.node_name(4) == "demo-4"
-    assert "s3cret-key-xyz" not in repr(config)  # the key stays out of logs
 
 
 def test_peers_list_and_file_store(tmp_path: Path) -> None:
@@ -88,6 +88,49 @@ def test_every_setting_has_an_env_var_and_a_flag() -> None:
 def test_bad_configuration_is_rejected(argv: list[str], env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_config(argv, env)
+
+
+def test_a_key_in_the_environment_is_refused() -> None:
+    with pytest.raises(ConfigError, match="RL_HMAC_KEY_FILE"):
+        load_config([], {contract.ENV_HMAC_KEY_LEGACY: "x" * 64})
+
+
+def test_accepted_keys_need_a_primary_and_signed_names_are_plain() -> None:
+    with pytest.raises(ConfigError, match="hmac_key_file"):
+        load_config(["--hmac-accepted-file", "/k/accepted"], {})
+    with pytest.raises(ConfigError, match="letters, digits"):
+        load_config(["--hmac-key-file", "/k/primary", "--loop", "a b"], {})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the key is empty"),
+        (b"  \n", "the key is empty"),
+        (b"short-key\n", "has 9 bytes; at least 32"),
+        (None, "cannot read HMAC key file"),
+    ],
+)
+def test_main_refuses_an_empty_short_or_missing_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, message: str
+) -> None:
+    key = tmp_path / "primary"
+    if content is not None:
+        key.write_bytes(content)
+    assert main(["--hmac-key-file", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert str(key) in err, err
+
+
+def test_main_refuses_a_short_accepted_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "primary").write_bytes(b"p" * 32)
+    (tmp_path / "accepted").write_bytes(b"a" * 40 + b"\n,tiny\n")
+    argv = ["--hmac-key-file", str(tmp_path / "primary")]
+    assert main([*argv, "--hmac-accepted-file", str(tmp_path / "accepted")]) == 2
+    assert "entry 3" in capsys.readouterr().err
 
 
 def test_main_exits_2_with_a_clear_message(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,8 +12,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from reactive_node import contract
 from reactive_node.app import NODE_KEY, create_app
+from reactive_node.codec import encode_state
 from reactive_node.config import make_config
-from reactive_node.local import free_ports, set_target
+from reactive_node.local import GENERATION_FILE, free_ports, set_target
 from reactive_node.store import MemoryStore
 
 
@@ -89,3 +92,26 @@ async def test_fails_when_no_node_takes_it() -> None:
     result = await set_target({"v": 1}, addresses, request_timeout=1.0)
     assert not result.ok
     assert len(result.failures) == 2
+
+
+async def test_racing_injections_get_unique_generations_above_unreachable_nodes(
+    loop_of_four: tuple[list[str], list[web.Application]], tmp_path: Path
+) -> None:
+    addresses, apps = loop_of_four
+    # Node 0 is down, but its state file says it holds generation 9.
+    (tmp_path / "inject-0.json").write_text(encode_state({"generation": 9, "target": "old"}))
+    results = await asyncio.gather(
+        *(set_target({"v": i}, addresses, state_dir=tmp_path) for i in range(4))
+    )
+    assert all(r.ok for r in results), [r.failures for r in results]
+    generations = [r.generation for r in results]
+    assert sorted(g for g in generations if g is not None) == [10, 11, 12, 13]
+    assert (tmp_path / GENERATION_FILE).read_text().strip() == "13"
+    # Injections are one at a time in generation order: the newest is what the
+    # first taker holds, never an older one.
+    newest = generations.index(13)
+    assert held(apps[1]) == {"generation": 13, "target": {"v": newest}}
+    # The allotted generation is remembered even when no node reports it.
+    apps[1][NODE_KEY].state = {"generation": 0, "target": None}
+    again = await set_target({"v": "next"}, addresses, state_dir=tmp_path)
+    assert again.generation == 14

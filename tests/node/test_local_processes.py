@@ -155,6 +155,9 @@ def test_five_nodes_converge_on_a_new_target(loop: Loop) -> None:
     # A state file per node holds the durable state.
     for i in range(NODES):
         stored = json.loads((loop.state_dir / f"local-{i}.json").read_text())
+        tail = stored.pop(contract.HISTORY_STATE_KEY)  # the decision history's (docs/node.md)
+        assert tail[-1]["kind"] == "adopt"
+        assert tail[-1]["generation"] == generation
         assert stored == {"generation": generation, "target": target}
 
 
@@ -189,6 +192,18 @@ def test_a_replayed_round_trip_gets_409_and_moves_nothing(loop: Loop) -> None:
 def test_a_killed_node_is_restarted_and_catches_up(loop: Loop) -> None:
     victim = 2
     predecessor = victim - 1  # in a ring, node 1 round-trips to node 2
+
+    # Ready is not looping: a predecessor that started before its successor listened
+    # skips to the next node for a while. Kill only once its latest round trip was
+    # a success with the victim, so that its next one meets the dead node.
+    def predecessor_on_victim() -> dict[str, Any] | None:
+        s = state_of(loop.addresses[predecessor])
+        if not s or not s["edges"]:
+            return None
+        latest = max(s["edges"], key=lambda e: e["at"])
+        return s if latest == {**latest, "to": f"local-{victim}", "outcome": "ok"} else None
+
+    eventually(predecessor_on_victim, "the predecessor round-trips with the victim")
     pid = loop.pids()[victim]
     assert pid is not None
     waits_before = [s["waits"] if s else 0 for s in loop.states()]

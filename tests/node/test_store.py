@@ -223,7 +223,11 @@ async def test_node_on_the_pod_store_redecides_after_a_conflict(
     # A newer generation from a peer is written, with the fresh resourceVersion.
     reply = await node.serve_roundtrip(request(2, 8, "t8"), None)
     assert reply.status == 200
-    assert pod_annotations(km)[contract.STATE_ANNOTATION] == '{"generation":8,"target":"t8"}'
+    # The state, with the decision history's tail beside it (docs/node.md).
+    stored = json.loads(pod_annotations(km)[contract.STATE_ANNOTATION])
+    tail = stored.pop(contract.HISTORY_STATE_KEY)
+    assert stored == {"generation": 8, "target": "t8"}
+    assert [(e["kind"], e.get("generation")) for e in tail] == [("edit", 7), ("adopt", 8)]
     # Steady state: the same answer again makes no API write.
     writes = km.writes
     for seq in range(3, 8):

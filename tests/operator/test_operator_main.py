@@ -9,9 +9,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from reactive_node import contract as c
-from reactive_operator.handlers import pod_view
 from reactive_operator.main import Health, create_app
 from reactive_operator.metrics import OperatorMetrics
+from reactive_operator.plan import pod_view
 
 
 @pytest.fixture
@@ -53,15 +53,22 @@ async def test_metrics_use_the_contract_names(
 ) -> None:
     client, _, metrics = served
     metrics.reconciles.labels(result="ok").inc(3)
-    metrics.injections.labels(result="failed").inc()
-    metrics.loops.set(2)
-    metrics.reconcile_seconds.observe(0.02)
+    metrics.namespace_seen("team-a")
+    metrics.injections.labels("team-a", "failed").inc()
+    metrics.set_loops(["team-a", "team-a"])
+    metrics.reconcile_seconds.labels("team-a", "ok").observe(0.02)
     text = await (await client.get(c.METRICS_PATH)).text()
     assert f'{c.M_OP_RECONCILES}{{result="ok"}} 3.0' in text
     assert f'{c.M_OP_RECONCILES}{{result="error"}} 0.0' in text
-    assert f'{c.M_OP_INJECTIONS}{{result="failed"}} 1.0' in text
-    assert f"{c.M_OP_LOOPS} 2.0" in text
-    assert f"{c.M_OP_RECONCILE_SECONDS}_count 1.0" in text
+    assert f'{c.M_OP_INJECTIONS}{{loop_namespace="team-a",result="failed"}} 1.0' in text
+    assert f'{c.M_OP_INJECTIONS}{{loop_namespace="team-a",result="ok"}} 0.0' in text
+    assert f'{c.M_OP_LOOPS}{{loop_namespace="team-a"}} 2.0' in text
+    count = f"{c.M_OP_RECONCILE_SECONDS}_count"
+    assert f'{count}{{loop_namespace="team-a",result="ok"}} 1.0' in text
+    assert f'{count}{{loop_namespace="team-a",result="error"}} 0.0' in text
+    metrics.set_loops([])  # the last loop of the namespace went: 0, not a vanished series
+    text = await (await client.get(c.METRICS_PATH)).text()
+    assert f'{c.M_OP_LOOPS}{{loop_namespace="team-a"}} 0.0' in text
 
 
 def test_pod_view_reads_labels_annotations_and_status() -> None:

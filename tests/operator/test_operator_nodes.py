@@ -1,8 +1,9 @@
 """The operator's HTTP side against real node processes (no Kubernetes).
 
 Three `reactive-loop node` processes (memory store) listen on 127.0.0.2-4 at
-one free port; the operator's `NodeClient` asks them for `/v1/state` and
-injects targets exactly as it does in a cluster, with and without HMAC.
+one free port; the operator's `NodeClient` asks them for `/v1/state` exactly
+as it does in a cluster, with and without HMAC (targets go through the API
+server: tests/operator/test_operator_inject.py).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def free_port() -> int:
     raise AssertionError("no port free on all test addresses")
 
 
-def start_loop(loop: str, port: int, hmac_key: str | None) -> list[subprocess.Popen[bytes]]:
+def start_loop(
+    loop: str, port: int, hmac_key: str | None, key_dir: Path
+) -> list[subprocess.Popen[bytes]]:
     peers = ",".join(f"{h}:{port}" for h in HOSTS)
     procs = []
     for ordinal, host in enumerate(HOSTS):
@@ -68,7 +71,8 @@ def start_loop(loop: str, port: int, hmac_key: str | None) -> list[subprocess.Po
             c.ENV_MAX_BACKOFF: "0.5",
         }
         if hmac_key is not None:
-            env[c.ENV_HMAC_KEY] = hmac_key
+            (key_dir / "primary").write_text(hmac_key + "\n")
+            env[c.ENV_HMAC_KEY_FILE] = str(key_dir / "primary")
         procs.append(
             subprocess.Popen(
                 [SCRIPT, "node"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -106,9 +110,11 @@ KEY = "k" * 64
 
 
 @pytest.fixture(scope="module", params=[None, KEY], ids=["plain", "hmac"])
-def loop(request: pytest.FixtureRequest) -> Iterator[tuple[int, str | None]]:
+def loop(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[int, str | None]]:
     port = free_port()
-    procs = start_loop("oploop", port, request.param)
+    procs = start_loop("oploop", port, request.param, tmp_path_factory.mktemp("keys"))
     try:
         yield port, request.param
     finally:
@@ -128,93 +134,33 @@ def views() -> list[PodView]:
     ]
 
 
-async def test_poll_inject_and_aggregate(client: NodeClient, loop: tuple[int, str | None]) -> None:
-    _, key = loop
+async def test_poll_and_aggregate(client: NodeClient) -> None:
     ips = {v.name: v.ip for v in views() if v.ip}
+    spec = parse_spec({"replicas": 3})
 
     async def all_looping() -> dict[str, Any] | None:
         answers = await client.states(ips)
         reports = {n: (parse_report(a) if a else None) for n, a in answers.items()}
-        ok = all(r is not None and r.phase == "looping" for r in reports.values())
-        return reports if ok else None
-
-    await eventually(all_looping, "three nodes looping")
-
-    if key is not None:
-        unsigned = await client.inject(
-            HOSTS[0], loop="oploop", state={"generation": 9, "target": 1}, hmac_key=None
-        )
-        assert not unsigned.ok
-        assert unsigned.status == 401
-        wrong = await client.inject(
-            HOSTS[0], loop="oploop", state={"generation": 9, "target": 1}, hmac_key=b"x" * 64
-        )
-        assert wrong.status == 401
-
-    other_loop = await client.inject(
-        HOSTS[0],
-        loop="elsewhere",
-        state={"generation": 9, "target": 1},
-        hmac_key=None if key is None else key.encode(),
-    )
-    assert not other_loop.ok
-    assert other_loop.status is not None
-    assert 400 <= other_loop.status < 500
-
-    target = {"colour": "green"}
-    result = await client.inject(
-        HOSTS[1],
-        loop="oploop",
-        state={"generation": 7, "target": target},
-        hmac_key=None if key is None else key.encode(),
-    )
-    assert result.ok, result.detail
-    assert result.state is not None
-    assert result.state["generation"] == 7
-
-    spec = parse_spec({"replicas": 3, "target": target})
-
-    async def converged() -> dict[str, Any] | None:
-        answers = await client.states(ips)
-        reports = {n: (parse_report(a) if a else None) for n, a in answers.items()}
-        status = aggregate(
+        if not all(r is not None and r.phase == "looping" for r in reports.values()):
+            return None
+        return aggregate(
             name="oploop",
-            generation=7,
+            generation=1,
             spec=spec,
             spec_error=None,
             pods=views(),
             reports=reports,
-            target_generation=7,
-            target_digest="d",
-            injected_generation=7,
+            target_generation=None,
+            target_digest=None,
+            injected_generation=None,
             previous_conditions=[],
             now="2026-01-01T00:00:00Z",
         )
-        conv = next(x for x in status["conditions"] if x["type"] == "Converged")
-        return status if conv["status"] == "True" else None
 
-    status = await eventually(converged, "the loop converges on generation 7")
-    assert status["convergedGeneration"] == 7
+    status = await eventually(all_looping, "three nodes looping")
     assert status["looping"] == 3
-    docs = await client.states(ips)
-    assert all(d is not None and d["state"]["target"] == target for d in docs.values())
-
-    # An older generation never moves a node back.
-    older = await client.inject(
-        HOSTS[2],
-        loop="oploop",
-        state={"generation": 3, "target": {"colour": "red"}},
-        hmac_key=None if key is None else key.encode(),
-    )
-    assert older.ok
-    assert older.state is not None
-    assert older.state["generation"] == 7
+    assert status["readyReplicas"] == 3
 
 
 async def test_unreachable_node_is_none(client: NodeClient) -> None:
     assert await client.state("127.0.0.9") is None
-    res = await client.inject(
-        "127.0.0.9", loop="oploop", state={"generation": 1, "target": 1}, hmac_key=None
-    )
-    assert not res.ok
-    assert res.status is None

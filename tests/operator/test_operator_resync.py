@@ -11,9 +11,11 @@ from prometheus_client import CollectorRegistry
 from reactive_node import contract as c
 from reactive_operator import handlers
 from reactive_operator.config import load
-from reactive_operator.handlers import Deps, LoopKey, Resync
 from reactive_operator.kube import KubeError, NotFound
+from reactive_operator.memo import LoopKey
 from reactive_operator.metrics import OperatorMetrics
+from reactive_operator.reconcile import Deps
+from reactive_operator.resync import Resync
 
 
 class FakeKube:
@@ -35,6 +37,9 @@ class FakeKube:
         self.created.append((ns, f"{manifest['kind']}/{manifest['metadata']['name']}"))
         return True
 
+    async def read_pdb(self, ns: str, name: str) -> dict[str, Any] | None:
+        return None
+
     async def service_account_names(self, ns: str, label_selector: str) -> list[str]:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -51,6 +56,9 @@ class FakeKube:
         self, obj: Mapping[str, Any], *, kind: str, reason: str, message: str
     ) -> None:
         self.events.append((obj["metadata"]["namespace"], reason))
+
+    async def get_loop(self, ns: str, name: str) -> dict[str, Any] | None:
+        return loop(ns, name) if ns.startswith("ok") else None
 
 
 class FakeNodes:
@@ -133,3 +141,32 @@ def test_no_handler_makes_kopf_add_a_finalizer() -> None:
     changing = registry._changing.get_all_handlers()
     assert changing, "no resource handlers registered?"
     assert not any(h.requires_finalizer for h in changing)
+
+
+async def test_a_node_pod_event_runs_the_same_pass_at_once() -> None:
+    """A deleted or failed node pod: the loop's whole pass (decide, apply, status
+    write) runs now, not at the next resync; other pod events do nothing."""
+    registry = kopf.OperatorRegistry()
+    kube = FakeKube()
+    deps, registry_m = deps_with(kube)
+    handlers.register(registry, deps)
+    (handler,) = [h for h in registry._watching.get_all_handlers() if h.id == "pod_event"]
+    pod_event: Any = handler.fn  # called as kopf calls it, with the indexes
+    key = ("ok1", "a")
+    labels = {c.LOOP_LABEL: "a", c.COMPONENT_LABEL: c.NODE_COMPONENT}
+    indexes: dict[str, Any] = {"loops": {key: [loop(*key)]}, "node_pods": {}}
+    await pod_event(
+        type="MODIFIED", namespace="ok1", labels=labels, status={"phase": "Running"}, **indexes
+    )
+    assert kube.created == []
+    assert kube.status == {}
+    await pod_event(type="DELETED", namespace="ok1", labels=labels, status={}, **indexes)
+    assert ("ok1", "Pod/a-0") in kube.created  # healed
+    assert ("ok1", "Pod/a-1") in kube.created
+    assert kube.status[key]["replicas"] == 0  # and the status written
+    assert ("ok1", "CreatedPod") in kube.events
+    assert reconciles(registry_m, "ok") == 1
+    # A loop that is gone: nothing.
+    gone: dict[str, Any] = {"loops": {}, "node_pods": {}}
+    await pod_event(type="DELETED", namespace="gone", labels=labels, status={}, **gone)
+    assert reconciles(registry_m, "ok") == 1

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reactive_node.contract import MAX_STATE_INT
 from reactive_operator.spec import (
     MAX_TARGET_BYTES,
     SpecError,
@@ -104,3 +105,26 @@ def test_good_names(name: str) -> None:
 def test_bad_names(name: str) -> None:
     with pytest.raises(SpecError):
         check_name(name)
+
+
+@given(
+    value=st.one_of(
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+    ),
+    depth=st.integers(min_value=0, max_value=3000),
+)
+def test_a_target_a_node_would_refuse_is_an_invalid_spec(value: int | float, depth: int) -> None:
+    """The operator never injects what a node answers 400: numbers within ±(2^53-1)
+    and at most 31 levels of nesting inside the target (32 in the state)."""
+    target: Any = value
+    for _ in range(depth):
+        target = {"k": target}
+    target = {"v": target}  # spec.target is an object: one more level
+    depth += 1
+    fits = (not isinstance(value, int) or abs(value) <= MAX_STATE_INT) and depth <= 31
+    if fits:
+        assert parse_spec({"target": target}).target == target
+    else:
+        with pytest.raises(SpecError, match=r"spec\.target"):
+            parse_spec({"target": target})

@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from reactive_operator.plan import PodView
 from reactive_operator.spec import parse_spec
 from reactive_operator.status import (
+    MAX_NODES_IN_STATUS,
     NodeReport,
     aggregate,
     parse_report,
     status_patch,
-    without_counters,
 )
 
 NOW = "2026-01-01T00:00:00Z"
@@ -85,11 +85,11 @@ def test_not_converged_while_one_node_lags() -> None:
 
 def test_unreachable_ready_node_degrades() -> None:
     ps = pods(2)
-    st_ = run({}, ps, {"d-0": report("d-0"), "d-1": None})
+    st_ = run({"replicas": 2}, ps, {"d-0": report("d-0"), "d-1": None})
     degraded = cond(st_, "Degraded")
     assert degraded["status"] == "True"
     assert degraded["reason"] == "NodesUnreachable"
-    assert st_["nodes"][1]["phase"] == "unreachable"
+    assert st_["nodes"] == ["d-1: unreachable: the operator cannot ask it"]
 
 
 def test_state_error_degrades_with_the_node_named() -> None:
@@ -121,6 +121,28 @@ def test_token_holder_is_the_newest_epoch() -> None:
     reps["d-1"] = report("d-1", summary={"holding": False})
     lost = run({"behavior": "token"}, ps, reps)
     assert cond(lost, "TokenHealthy")["reason"] == "TokenLost"
+    assert lost["summary"] == "no holder"
+
+
+def test_a_holder_gathering_its_lease_is_not_a_lost_token() -> None:
+    """The token changed hands and its new holder does not act yet (its lease
+    needs a majority's round trips): the status says so, never 'no holder'."""
+    ps = pods(3)
+    reps = {
+        "d-0": report("d-0", summary={"holding": False, "held": False, "epoch": [7, 1]}),
+        "d-1": report("d-1", summary={"holding": False, "held": True, "epoch": [7, 1]}),
+        "d-2": report("d-2", summary={"holding": False, "held": False, "epoch": [6, 0]}),
+    }
+    st_ = run({"behavior": "token"}, ps, reps)
+    assert st_["summary"] == "d-1 has epoch 7.1, lease pending"
+    assert st_["token"] == {"holders": 0}
+    healthy = cond(st_, "TokenHealthy")
+    assert (healthy["status"], healthy["reason"]) == ("True", "LeasePending")
+    # Once it acts, it is the holder.
+    reps["d-1"] = report("d-1", summary={"holding": True, "held": True, "epoch": [7, 1]})
+    acting = run({"behavior": "token"}, ps, reps)
+    assert acting["summary"] == "d-1 holds epoch 7.1"
+    assert cond(acting, "TokenHealthy")["reason"] == "OneHolder"
 
 
 def test_transition_time_moves_only_on_change() -> None:
@@ -164,7 +186,9 @@ def test_bad_report_is_ignored() -> None:
         st.sampled_from(["looping", "waiting", "starting", None]), min_size=100, max_size=100
     ),
 )
-def test_counts_add_up_and_nodes_are_bounded(n: int, phases: list[str | None]) -> None:
+def test_counts_add_up_and_only_nodes_needing_attention_are_listed(
+    n: int, phases: list[str | None]
+) -> None:
     ps = pods(n)
     reps = {
         p.name: (report(p.name, phase=phases[p.ordinal]) if phases[p.ordinal] else None) for p in ps
@@ -172,24 +196,111 @@ def test_counts_add_up_and_nodes_are_bounded(n: int, phases: list[str | None]) -
     st_ = run({"replicas": n}, ps, reps)
     assert st_["looping"] + st_["waiting"] == n
     assert st_["looping"] == sum(1 for p in ps if phases[p.ordinal] == "looping")
-    assert len(st_["nodes"]) == min(n, 64)
+    unwell = [p.name for p in ps if phases[p.ordinal] != "looping"]
+    listed = st_.get("nodes", [])
+    assert [line.split(":")[0] for line in listed] == unwell[:MAX_NODES_IN_STATUS]
+    assert st_.get("nodesNotListed", 0) == max(0, len(unwell) - MAX_NODES_IN_STATUS)
 
 
-def test_counters_alone_are_not_a_real_change() -> None:
+def test_each_listed_node_says_what_needs_attention() -> None:
+    ps = pods(6)
+    ps[1] = PodView(name="d-1", ordinal=1, phase="Pending", ready=False)
+    del ps[5]  # no pod for ordinal 5
+    reps: dict[str, NodeReport | None] = {
+        p.name: report(p.name, summary={"generation": 4}) for p in ps
+    }
+    reps["d-1"] = None
+    reps["d-2"] = report(
+        "d-2", phase="waiting", lastWaitReason="timeout", summary={"generation": 4}
+    )
+    reps["d-3"] = report("d-3", stateError="not JSON", summary={"generation": 4})
+    reps["d-4"] = report("d-4", summary={"generation": 3})
+    st_ = run({"replicas": 6, "target": {"x": 1}}, ps, reps, target_generation=4)
+    assert st_["nodes"] == [
+        "d-1: pod Pending, not ready; no pod IP yet",
+        "d-2: waiting (timeout)",
+        "d-3: invalid state: not JSON",
+        "d-4: behind target 4 (holds 3)",
+        "d-5: no pod",
+    ]
+    assert "nodesNotListed" not in st_
+
+
+def test_a_suspended_node_of_a_suspended_loop_is_fine() -> None:
     ps = pods(2)
-    before = run({"replicas": 2}, ps, {p.name: report(p.name, loops=5) for p in ps})
+    reps = {p.name: report(p.name, phase="suspended") for p in ps}
+    assert "nodes" not in run({"replicas": 2, "suspend": True}, ps, reps)
+    assert run({"replicas": 2}, ps, reps)["nodes"] == ["d-0: suspended", "d-1: suspended"]
+
+
+def test_a_round_trip_alone_changes_nothing_in_the_status() -> None:
+    """Nothing in the status moves with each round trip: a steady loop costs no write."""
+    ps = pods(2)
+    before = run({"replicas": 2}, ps, {p.name: report(p.name, loops=5, waits=1) for p in ps})
     after = run(
         {"replicas": 2},
         ps,
-        {p.name: report(p.name, loops=9) for p in ps},
+        {p.name: report(p.name, loops=9, waits=2) for p in ps},
         previous_conditions=before["conditions"],
     )
-    assert status_patch(before, after) == {"nodes": after["nodes"]}
-    assert without_counters(before) == without_counters(after)
+    assert status_patch(before, after) == {}
     flipped = run(
         {"replicas": 2},
         ps,
         {"d-0": report("d-0", loops=9), "d-1": report("d-1", phase="waiting", loops=9)},
         previous_conditions=before["conditions"],
     )
-    assert without_counters(before) != without_counters(flipped)
+    assert status_patch(before, flipped)["nodes"] == ["d-1: waiting"]
+    # Healed again: the list goes away (a merge patch removes it with None).
+    assert status_patch(flipped, after)["nodes"] is None
+
+
+INT64 = 2**63 - 1
+any_int = st.integers(min_value=-(2**70), max_value=2**70)
+
+
+def _ints(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, Mapping):
+        return [i for v in value.values() for i in _ints(v)]
+    if isinstance(value, list):
+        return [i for v in value for i in _ints(v)]
+    return []
+
+
+@given(
+    generation=any_int,
+    term=any_int,
+    loops=any_int,
+    waits=any_int,
+    state_error=st.one_of(st.none(), st.text(max_size=700)),
+)
+def test_no_node_report_makes_the_status_unwritable(
+    generation: int, term: int, loops: int, waits: int, state_error: str | None
+) -> None:
+    """Every integer of the status fits int64, whatever numbers a node reports;
+    a report with numbers out of the node's bounds counts as no report."""
+    raw = {
+        "node": "d-0",
+        "phase": "looping",
+        "loops": loops,
+        "waits": waits,
+        "stateError": state_error,
+        "summary": {"generation": generation, "holding": True, "epoch": [term, 0]},
+    }
+    parsed = parse_report(raw)
+    in_bounds = 0 <= generation <= 2**53 - 1 and 0 <= term <= 2**53 - 1
+    in_bounds = in_bounds and 0 <= loops <= INT64 and 0 <= waits <= INT64
+    assert (parsed is not None) == in_bounds
+    for spec in ({"target": {"v": 1}}, {"behavior": "token", "topology": "ring"}):
+        status = run(spec, pods(1), {"d-0": parsed}, target_generation=5)
+        assert all(-(2**63) <= i <= INT64 for i in _ints(status))
+        if parsed is None:
+            assert cond(status, "Degraded")["reason"] == "NodesUnreachable"
+        elif state_error:
+            degraded = cond(status, "Degraded")
+            assert degraded["reason"] == "InvalidNodeState"
+            assert len(degraded["message"]) <= 512

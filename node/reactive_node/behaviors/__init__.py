@@ -12,13 +12,17 @@ import importlib
 from .base import (
     Behavior,
     Context,
+    Injection,
     InvalidState,
     PeerHinting,
     Settings,
     State,
     Summary,
+    TargetTaking,
+    as_injection,
     canonical,
     peer_hint,
+    takes_target,
 )
 from .converge import Converge
 from .token import Token
@@ -28,15 +32,19 @@ __all__ = [
     "BehaviorLoadError",
     "Context",
     "Converge",
+    "Injection",
     "InvalidState",
     "PeerHinting",
     "Settings",
     "State",
     "Summary",
+    "TargetTaking",
     "Token",
+    "as_injection",
     "canonical",
     "load_behavior",
     "peer_hint",
+    "takes_target",
 ]
 
 BUILTIN: dict[str, type[Converge] | type[Token]] = {"converge": Converge, "token": Token}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 #: A behaviour state: one JSON object.
@@ -17,6 +18,21 @@ State = dict[str, Any]
 
 class InvalidState(ValueError):
     """Raised by `Behavior.validate` for anything that is not a valid state."""
+
+
+#: How much longer than a lease another node's guard lasts: clocks may run at
+#: rates up to ~10 % apart, (1.1)^2 < 1.25. The token's loss timeout must exceed
+#: the lease times this factor (config, CRD rule).
+DRIFT_FACTOR = 1.25
+#: Default token lease, in intervals (at least; see `default_lease`).
+LEASE_INTERVALS = 3
+
+
+def default_lease(interval: float, replicas: int) -> float:
+    """The default token lease: 3 intervals, or two intervals per peer a holder
+    needs to hear from (one round trip per interval; a lost one must not end
+    the lease), plus one, if that is longer."""
+    return max(LEASE_INTERVALS, 2 * (replicas // 2) + 1) * interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +47,14 @@ class Settings:
     """Seconds without news of the token before node 0 regenerates it."""
     token_stagger: float = 2.0
     """Extra seconds of loss timeout per ordinal, so regenerations do not race."""
+    token_lease: float = 3.0
+    """Seconds a token holder acts after a round trip that a majority vouched for."""
+
+    @property
+    def token_guard(self) -> float:
+        """Seconds a node waits, after it last vouched for one token, before it
+        vouches for another: the lease stretched by the clock-rate drift allowance."""
+        return self.token_lease * DRIFT_FACTOR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +69,29 @@ class Context:
     """When this node process started (a restart counts as fresh news)."""
     settings: Settings = dataclasses.field(default_factory=Settings)
     peer: int | None = None
-    """Ordinal of the peer the node is about to round-trip to, when known."""
+    """Ordinal of the peer of this round trip, when known: the one the node is
+    about to round-trip to (`tick`), that answered (`react`), that sent the
+    request (`respond`)."""
+    # What the protocol core (reactive_node.protocol) remembers between round
+    # trips, on this node's monotonic clock; only the token uses them.
+    quiet: float = math.inf
+    """Seconds since this node last had news of any token."""
+    guard_quiet: float = math.inf
+    """Seconds since this node last vouched for the token chain it vouches for."""
+    acting: bool = False
+    """Whether this node acts as the token holder now (its lease is fresh)."""
+    renew: bool = False
+    """This node held its epoch past a lapsed lease and a majority vouched for it
+    again: it takes the next term, and acts on that (never on the old one)."""
+    confirmed: int = 0
+    """Peers that recently confirmed, in a round trip, that the token is lost."""
+    confirmed_below: int = 0
+    """How many of those peers have a lower ordinal (lost too, and reachable)."""
+    below_quiet: float = 0.0
+    """Seconds this node has had confirmations from a majority with a lower
+    ordinal among them (0 when it has not)."""
+    confirmed_epoch: tuple[int, int] | None = None
+    """The newest epoch those confirmations carried."""
 
 
 class Summary(TypedDict):
@@ -98,6 +144,86 @@ class PeerHinting(Protocol):
     """
 
     def peer_hint(self, mine: State, ctx: Context) -> int | None: ...
+
+
+@runtime_checkable
+class Versioned(Protocol):
+    """Optional extra of a behaviour whose state gained fields with a protocol
+    version: the state as a peer of an older version reads it.
+
+    The token's version 1 peers (commit d29e2e1) refuse its `origin`, `acked`
+    and `lost`. The protocol core sends a peer it has not heard version 2 from
+    `wire_state(state, 1)`, and answers a version 1 request with it; a version
+    1 body from a node that speaks 2 (its header says so) is therefore a cut
+    state, which a responder does not act on (docs/node.md, "Protocol version").
+    """
+
+    def wire_state(self, state: State, version: int) -> State: ...
+
+
+def versioned(behavior: object) -> bool:
+    """Whether `behavior` cuts its state down for older protocol versions."""
+    return callable(getattr(behavior, "wire_state", None))
+
+
+def wire_state(behavior: object, state: State, version: int) -> State:
+    """`state` as a peer of protocol `version` reads it (itself for most behaviours)."""
+    method = getattr(behavior, "wire_state", None)
+    if method is None:
+        return state
+    cut: State = method(state, version)
+    return cut
+
+
+class Injection(TypedDict):
+    """A target the operator injects (`spec.target`, stamped with its generation)."""
+
+    generation: int
+    target: Any
+
+
+@runtime_checkable
+class TargetTaking(Protocol):
+    """Optional extra of a behaviour: it takes the target the operator injects.
+
+    A behaviour declares it with the class attribute `takes_target = True` and
+    the method `inject`. The operator injects `spec.target` by round-tripping
+    `{"generation": <metadata.generation>, "target": spec.target}` to one
+    node, as sender `reactive-loop-operator`; a node whose behaviour takes a
+    target hands that body to `inject` (not to `validate` and `respond`) and
+    persists the result before it answers, like any responder. `inject` is
+    pure and idempotent, like `respond`: the operator may inject the same
+    generation again (a lost answer, a resync). It raises `InvalidState` for
+    a target it cannot use (the operator then sees `400`). The behaviour's
+    `summary()["generation"]` should be the newest injected generation the
+    state holds: the operator reads it to know the target arrived (and stops
+    injecting) and to count the nodes that hold it.
+    """
+
+    takes_target: bool
+
+    def inject(self, mine: State, injection: Injection, ctx: Context) -> State: ...
+
+
+def takes_target(behavior: Behavior) -> bool:
+    """Whether `behavior` declares that it takes an injected target."""
+    return getattr(behavior, "takes_target", False) is True and callable(
+        getattr(behavior, "inject", None)
+    )
+
+
+def as_injection(raw: Any, max_int: int) -> Injection:
+    """`raw` as an `Injection` (`{generation, target}`), or `InvalidState`.
+
+    The target is any JSON (a JSON object from the operator's `spec.target`;
+    local mode's `reactive-loop inject` may send any value): the behaviour's
+    `inject` checks it. Its size and nesting were bounded by the codec."""
+    if not isinstance(raw, dict) or set(raw) != {"generation", "target"}:
+        raise InvalidState("an injection is exactly {generation, target}")
+    generation = raw["generation"]
+    if type(generation) is not int or not 0 <= generation <= max_int:
+        raise InvalidState(f"an injection needs an integer generation 0..{max_int}")
+    return {"generation": generation, "target": raw["target"]}
 
 
 def peer_hint(behavior: Behavior, mine: State, ctx: Context) -> int | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..contract import MAX_STATE_INT
 from .base import Context, InvalidState, State, Summary, canonical
 
 #: A target larger than this (canonical JSON) is refused: state lives in an
@@ -51,8 +52,8 @@ class Converge:
         if extra:
             raise InvalidState(f"converge state has unknown fields: {sorted(extra)}")
         generation = raw.get("generation")
-        if type(generation) is not int or generation < 0:
-            raise InvalidState("converge state needs an integer generation >= 0")
+        if type(generation) is not int or not 0 <= generation <= MAX_STATE_INT:
+            raise InvalidState(f"converge state needs an integer generation 0..{MAX_STATE_INT}")
         if "target" not in raw:
             raise InvalidState("converge state needs a target (may be null)")
         target = raw["target"]

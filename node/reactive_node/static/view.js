@@ -84,11 +84,97 @@ function draw(model) {
     `${looping}/${n} looping · converged: ${model.converged ? "yes" : "no"} · ${model.seconds}s`;
 }
 
+// The timeline: loops and waits per second on top, then a lane per node with its
+// phase over time, its decisions (from /v1/history) and the faults.
+const TL = { left: 110, right: 20, rateHeight: 70, lane: 22, top: 10 };
+
+function drawTimeline(model) {
+  const svg = document.getElementById("timeline");
+  const tl = model.timeline;
+  if (!svg || !tl) return;
+  const names = model.nodes.map((n) => n.name);
+  const width = 1100;
+  const height = TL.top + TL.rateHeight + 14 + names.length * TL.lane + 24;
+  svg.setAttribute("height", String(height));
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const t1 = tl.now;
+  let t0 = t1 - 60;
+  for (const r of tl.rates) t0 = Math.min(t0, r[0]);
+  t0 = Math.max(t0, t1 - tl.window);
+  const span = Math.max(1, t1 - t0);
+  const plot = width - TL.left - TL.right;
+  const x = (t) => TL.left + ((Math.min(Math.max(t, t0), t1) - t0) / span) * plot;
+  const parts = [];
+  // rates
+  const peak = Math.max(1, ...tl.rates.map((r) => Math.max(r[1], r[2])));
+  const ry = (v) => TL.top + TL.rateHeight - (v / peak) * TL.rateHeight;
+  parts.push(el("rect", { x: TL.left, y: TL.top, width: plot, height: TL.rateHeight,
+                          fill: "#fafafa", stroke: "#eee" }));
+  parts.push(el("text", { x: TL.left - 6, y: TL.top + 8, "text-anchor": "end" },
+                `${peak.toFixed(1)}/s`));
+  parts.push(el("text", { x: TL.left - 6, y: TL.top + TL.rateHeight, "text-anchor": "end" }, "0"));
+  for (const [i, kind] of [[1, "loops"], [2, "waits"]]) {
+    const points = tl.rates.map((r) => `${x(r[0]).toFixed(1)},${ry(r[i]).toFixed(1)}`).join(" ");
+    if (points) parts.push(el("polyline", { class: "rate " + kind, points }));
+  }
+  const lanesTop = TL.top + TL.rateHeight + 14;
+  names.forEach((name, i) => {
+    const y = lanesTop + i * TL.lane;
+    const lane = el("g", { class: "lane", "data-name": name });
+    lane.appendChild(el("text", { class: "lane-name", x: TL.left - 6, y: y + TL.lane / 2 }, name));
+    const node = tl.nodes[name] || { phases: [], decisions: [] };
+    for (const [start, end, phase] of node.phases) {
+      const r = el("rect", { class: "phase " + phase, x: x(start), y: y + 4,
+                             width: Math.max(1, x(end) - x(start)), height: TL.lane - 8 });
+      r.appendChild(el("title", {}, phase));
+      lane.appendChild(r);
+    }
+    for (const d of node.decisions) {
+      const label = d.kind + (d.generation !== undefined ? ` generation ${d.generation}` : "") +
+        (d.epoch !== undefined ? ` epoch ${JSON.stringify(d.epoch)}` : "");
+      const c = el("circle", { class: "decision " + d.kind, cx: x(d.at), cy: y + TL.lane / 2,
+                               r: 3.5 });
+      c.appendChild(el("title", {}, label));
+      lane.appendChild(c);
+    }
+    parts.push(lane);
+  });
+  for (const f of tl.faults) {
+    for (const name of f.nodes) {
+      const i = names.indexOf(name);
+      if (i < 0) continue;
+      const y = lanesTop + i * TL.lane;
+      if (f.kind === "partition") {
+        const end = f.end === null || f.end === undefined ? t1 : f.end;
+        const r = el("rect", { class: "fault partition", x: x(f.start), y: y + 1,
+                               width: Math.max(2, x(end) - x(f.start)), height: TL.lane - 2 });
+        r.appendChild(el("title", {}, "partitioned: " + JSON.stringify(f.links)));
+        parts.push(r);
+      } else {
+        const t = el("text", { class: "fault exit", x: x(f.start), y: y + TL.lane / 2 + 4,
+                               "text-anchor": "middle" }, "X");
+        t.appendChild(el("title", {}, `process exited (${f.code})`));
+        parts.push(t);
+      }
+    }
+  }
+  const axisY = lanesTop + names.length * TL.lane + 14;
+  for (let k = 0; k <= 6; k++) {
+    const t = t0 + (k * span) / 6;
+    parts.push(el("text", { x: x(t), y: axisY, "text-anchor": "middle" },
+                  `-${Math.round(t1 - t)}s`));
+  }
+  svg.replaceChildren(...parts);
+  document.getElementById("timeline-span").textContent = `(last ${Math.round(span)} s)`;
+}
+
 async function poll() {
   try {
     const r = await fetch("/api/loop", { cache: "no-store" });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
-    draw(await r.json());
+    const model = await r.json();
+    draw(model);
+    drawTimeline(model);
   } catch (e) {
     document.getElementById("status").textContent = `cannot reach the supervisor: ${e}`;
   }

@@ -1,0 +1,216 @@
+"""The token's safety and liveness (issue 10 §2) over long random histories.
+
+The simulation drives the node's own rules (behaviour and protocol core) with
+loss, duplication, late delivery (so reordering), restarts, process pauses,
+partitions and clock-rate drift between nodes, and checks at every event:
+
+* at most one node *acts* as the holder (its lease is fresh) at any instant;
+* the epochs of acquisitions, in the order they fire, strictly increase
+  (what a fence sees), and each names the node that acquired it;
+* no node regenerates the token while a running holder acts on a side of
+  the network that holds a majority;
+* once the faults stop (a partition heals, pauses end), one node acts again
+  within `heal_bound`: `lossTimeout + 2·interval + guard + maxBackoff`. The
+  issue asks for `lossTimeout + 2·interval`; a race between two regenerations
+  after the heal costs a guard more, and a node may be asleep in its longest
+  backoff when the network heals (docs/node.md, "Known limits of the token",
+  has the history that shows it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reactive_node.behaviors import Settings, Token
+from reactive_node.behaviors.base import default_lease
+from reactive_node.simulation import Faults, Simulation
+
+INTERVAL = 1.0
+MAX_BACKOFF = 4.0
+"""The simulation's backoff cap (its default)."""
+SETTINGS = Settings(
+    interval=INTERVAL,
+    token_hold=3.0,
+    token_loss_timeout=12.0,
+    token_stagger=2.0,
+    token_lease=3.0,
+)
+DRIFT = 0.1
+"""Clock-rate drift allowed between nodes (each runs at 1 ± 10 %): the drift
+factor of the guard, 1.25 > 1.1 / 0.9."""
+
+fault_mix = st.builds(
+    Faults,
+    loss=st.floats(0, 0.3),
+    duplicate=st.floats(0, 0.2),
+    late=st.floats(0, 0.15),
+)
+Event = tuple[float, str, int, float, frozenset[int]]
+events = st.lists(
+    st.tuples(
+        st.floats(0, 120),
+        st.sampled_from(["restart", "pause", "partition", "heal"]),
+        st.integers(0, 100),
+        st.floats(0.5, 20),
+        st.frozensets(st.integers(0, 6), min_size=1, max_size=4),
+    ),
+    max_size=10,
+)
+
+
+def _settings(n: int) -> Settings:
+    """The node's default lease for a loop of `n` (3 to 5 intervals here)."""
+    return dataclasses.replace(SETTINGS, token_lease=default_lease(INTERVAL, n))
+
+
+def heal_bound(settings: Settings) -> float:
+    """Seconds after the faults stop within which one node acts (docs/node.md)."""
+    return settings.token_loss_timeout + 2 * settings.interval + settings.token_guard + MAX_BACKOFF
+
+
+def _until_one_acts(sim: Simulation, healed: float) -> float:
+    """Run on a healthy network until one node acts, and has since `healed` or
+    later stays acting; the seconds it took (stops at twice the bound)."""
+    # Keep the token where it is once it acts, so "one acting holder" is a state.
+    sim.settings = dataclasses.replace(sim.settings, token_hold=1e9)
+    give_up = healed + 2 * heal_bound(sim.settings)
+    t = healed
+    while t < give_up:
+        acting = sim.acting()
+        if len(acting) == 1 and sim.acting_since.get(acting[0], t) <= t:
+            return t - healed
+        t = min(give_up, t + 0.05)
+        sim.run_until(t)
+    return t - healed
+
+
+def _apply(
+    sim: Simulation, n: int, kind: str, ordinal: int, seconds: float, side: frozenset[int]
+) -> None:
+    if kind == "restart":
+        sim.restart(ordinal % n)
+    elif kind == "pause":
+        sim.pause(ordinal % n, seconds)
+    elif kind == "partition":
+        cut = frozenset(o % n for o in side)
+        sim.faults = dataclasses.replace(sim.faults, partition=cut if len(cut) < n else None)
+    else:
+        sim.faults = dataclasses.replace(sim.faults, partition=None)
+
+
+def _check_safety(sim: Simulation) -> None:
+    assert not sim.overlaps, f"two acting holders: {sim.overlaps[:3]}"
+    epochs = [a.epoch for a in sim.acquires]
+    assert all(a < b for a, b in itertools.pairwise(epochs)), epochs
+    assert all(a.epoch[1] == a.node for a in sim.acquires), sim.acquires
+    bad = [r for r in sim.regenerations if r.live_holder is not None]
+    assert not bad, f"regenerated while a majority could reach a live holder: {bad[:3]}"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.integers(2, 6),
+    fault=fault_mix,
+    history=events,
+    seed=st.integers(0, 2**32),
+)
+def test_token_is_safe_under_any_history(
+    n: int, fault: Faults, history: list[Event], seed: int
+) -> None:
+    sim = Simulation(Token(), n, "ring", seed=seed, settings=_settings(n), drift=DRIFT)
+    sim.faults = fault
+    for at, kind, ordinal, seconds, side in sorted(history, key=lambda e: e[0]):
+        sim.run_until(at)
+        _apply(sim, n, kind, ordinal, seconds, side)
+    sim.run_until(150)
+    _check_safety(sim)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(2, 6),
+    fault=fault_mix,
+    history=events,
+    end=st.floats(20, 130),
+    seed=st.integers(0, 2**32),
+)
+def test_token_one_acting_holder_within_the_bound_once_the_faults_stop(
+    n: int, fault: Faults, history: list[Event], end: float, seed: int
+) -> None:
+    """Any mix of faults until `end` (loss, duplication, late delivery, restarts,
+    pauses, partitions, with clock-rate drift throughout), then none."""
+    sim = Simulation(Token(), n, "ring", seed=seed, settings=_settings(n), drift=DRIFT)
+    sim.faults = fault
+    for at, kind, ordinal, seconds, side in sorted(history, key=lambda e: e[0]):
+        if at < end:
+            sim.run_until(at)
+            _apply(sim, n, kind, ordinal, seconds, side)
+    sim.run_until(end)
+    sim.faults = Faults()
+    healed = max(end, *(node.paused_until for node in sim.nodes))
+    sim.run_until(healed)
+    took = _until_one_acts(sim, healed)
+    assert took <= heal_bound(sim.settings), (took, sim.acting(), sim.states())
+    _check_safety(sim)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 6),
+    side=st.frozensets(st.integers(0, 5), min_size=1),
+    cut_at=st.floats(5, 40),
+    cut_for=st.floats(1, 60),
+    seed=st.integers(0, 2**32),
+)
+def test_token_one_acting_holder_after_a_partition_heals(
+    n: int, side: frozenset[int], cut_at: float, cut_for: float, seed: int
+) -> None:
+    sim = Simulation(Token(), n, "ring", seed=seed, settings=_settings(n), drift=DRIFT)
+    sim.run_until(cut_at)
+    cut = frozenset(o % n for o in side)
+    sim.faults = Faults(partition=cut if len(cut) < n else frozenset({0}))
+    sim.run_until(cut_at + cut_for)
+    healed = cut_at + cut_for
+    sim.faults = Faults()
+    took = _until_one_acts(sim, healed)
+    assert took <= heal_bound(sim.settings), (took, sim.acting(), sim.states())
+    assert len(sim.acting()) == 1
+    _check_safety(sim)
+
+
+def test_a_race_after_the_heal_takes_longer_than_the_issues_bound() -> None:
+    """The history of docs/node.md ("Known limits of the token"): why this design
+    cannot promise `lossTimeout + 2·interval` after a heal. A 3 | 3 split leaves
+    no majority; after the heal nodes 0 and 4 both regenerate, node 4's newer
+    token wins, and the peers that vouched for node 0's may vouch for it only
+    a guard later. One node acts within `heal_bound`, but after the issue's."""
+    sim = Simulation(Token(), 6, "ring", seed=1969293618, settings=_settings(6), drift=DRIFT)
+    sim.run_until(17.271925803867298)
+    sim.faults = Faults(partition=frozenset({0, 1, 2}))
+    healed = 17.271925803867298 + 42.1238101141661
+    sim.run_until(healed)
+    sim.faults = Faults()
+    took = _until_one_acts(sim, healed)
+    after = [r for r in sim.regenerations if r.at >= healed]
+    assert [(r.node, r.epoch) for r in after] == [(0, (4, 0)), (4, (4, 4))]
+    assert sim.acting() == [4]
+    issue = SETTINGS.token_loss_timeout + 2 * INTERVAL
+    assert issue < took <= heal_bound(sim.settings)
+    _check_safety(sim)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(3, 6), seed=st.integers(0, 2**32))
+def test_a_minority_side_never_regenerates(n: int, seed: int) -> None:
+    sim = Simulation(Token(), n, "ring", seed=seed, settings=_settings(n), drift=DRIFT)
+    sim.run_until(20)
+    minority = frozenset(range((n - 1) // 2))
+    sim.faults = Faults(partition=minority)
+    before = len(sim.regenerations)
+    sim.run_until(20 + 5 * SETTINGS.token_loss_timeout)
+    assert all(r.node not in minority for r in sim.regenerations[before:])
+    assert all(o not in minority for o in sim.acting())
+    _check_safety(sim)
