@@ -297,6 +297,9 @@ def restart(cfg: ClusterConfig, name: str) -> None:
         rec = procs.read_pidfile(pidfile(cfg, name))
         if rec is not None:
             procs.stop(rec)
+        for port in _ports(cfg, name):
+            wait_until(f"port {port} of {name} to be free",
+                       functools.partial(procs.port_free, port), 10, None)  # fmt: skip
         write_configs(cfg)
         comp = next(c for c in component_specs(cfg) if c.name == name)
         log = log_path(cfg, name)
@@ -307,6 +310,15 @@ def restart(cfg: ClusterConfig, name: str) -> None:
             check, timeout = READY_CHECKS[name]
             ready = functools.partial(_ready_or_dead, cfg, new, check, name)
             wait_until(f"{name} to become ready", ready, timeout, log)
+
+
+def _ports(cfg: ClusterConfig, name: str) -> tuple[int, ...]:
+    """The ports `name` listens on."""
+    return {
+        "etcd": (cfg.etcd_client_port, cfg.etcd_peer_port),
+        "kube-apiserver": (cfg.apiserver_port,),
+        "kube-controller-manager": (cfg.kcm_port,),
+    }[name]
 
 
 def _ready_or_dead(

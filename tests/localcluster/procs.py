@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -95,5 +96,28 @@ def stop(rec: ProcRecord, grace: float = 5.0) -> None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(rec.pid, os.WNOHANG)
             if not rec.alive():
+                _wait_released(rec.pid)
                 return
             time.sleep(0.05)
+
+
+def _wait_released(pid: int, timeout: float = 5.0) -> None:
+    """Wait until `pid` is reaped, not only a zombie: a multi-threaded process's
+    leader shows as a zombie while its other threads still hold its sockets."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        time.sleep(0.05)
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind `host:port` now (SO_REUSEADDR, as Go's listeners)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -999,3 +999,34 @@ def test_a_missing_context_or_loop_is_one_clear_line(
         f"kubectl rloop status: reactiveloop 'demo' not found in namespace '{namespace}'"
     )
 
+
+def test_port_forwards_never_take_over_other_threads_calls(
+    api_cluster: kube.Cluster, local_cluster: LocalCluster, namespace: str
+) -> None:
+    """The library's `portforward` swaps `call_api` on the client it is given
+    while it connects; forwards opened by the reader's threads must not send
+    another thread's API call over a websocket (`Missing required parameter
+    ports`, seen in a CI run of the plugin)."""
+    local_cluster.apply(node_pod("race-0", "race", 0), namespace)
+    failures: list[BaseException] = []
+
+    def forward_forever(stop: threading.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(kube.NodeReadError):  # no kubelet: never connects
+                api_cluster.forward("race-0", 2.0).close()
+
+    stop = threading.Event()
+    openers = [threading.Thread(target=forward_forever, args=(stop,)) for _ in range(3)]
+    for t in openers:
+        t.start()
+    try:
+        for _ in range(60):
+            try:
+                assert [p.name for p in api_cluster.pods("race")] == ["race-0"]
+            except Exception as e:  # any failure is the finding
+                failures.append(e)
+    finally:
+        stop.set()
+        for t in openers:
+            t.join(10)
+    assert failures == []

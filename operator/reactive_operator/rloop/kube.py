@@ -163,6 +163,7 @@ class Cluster:
         ns = ((chosen or {}).get("context") or {}).get("namespace")
         self.namespace = namespace or ns or "default"
         self.timeout = timeout
+        self.configuration = configuration
         self.api = client.ApiClient(configuration)
         self.core = client.CoreV1Api(self.api)
         self.net = client.NetworkingV1Api(self.api)
@@ -314,9 +315,13 @@ class Cluster:
 
         def open_forward() -> None:
             result: Any
+            # A client of its own: the library's `portforward` swaps the
+            # `call_api` of the client it is given while it connects, which
+            # would send every other thread's request over a websocket.
+            api = client.ApiClient(self.configuration)
             try:
                 result = portforward(
-                    self.core.connect_get_namespaced_pod_portforward,
+                    client.CoreV1Api(api).connect_get_namespaced_pod_portforward,
                     pod,
                     self.namespace,
                     ports=str(c.DEFAULT_PORT),
@@ -325,6 +330,8 @@ class Cluster:
                 result = NodeReadError(f"port-forward: {_message(e)}")
             except Exception as e:  # the websocket client raises many kinds
                 result = NodeReadError(f"port-forward: {type(e).__name__}: {e}"[:ERROR_CHARS])
+            finally:
+                api.close()  # type: ignore[no-untyped-call]
             with lock:
                 if abandoned and not isinstance(result, NodeReadError):
                     result.close()
