@@ -345,13 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r["complete"]
             else f"incomplete: {r['incomplete']}"
         )
-        verdict = {True: "met", False: "MISSED", None: "not judged"}[r.get("goal_met")]
-        if "incomplete" in r and r.get("goal_met") is not None:
-            verdict += " at the measured speeds"
-        goal = f" (goal {r['goal_rounds']} rounds: {verdict})"
+        goal = ""
+        if "goal_rounds" in r:
+            verdict = {True: "met", False: "MISSED", None: "not judged"}[r["goal_met"]]
+            if "incomplete" in r and r["goal_met"] is not None:
+                verdict += " at the measured speeds"
+            goal = f" (goal {r['goal_rounds']} rounds: {verdict})"
         print(
             f"{r['topology']:>4} N={r['n']:>6} seeds {r['complete']}/{r['seeds']}: {done}"
-            f"{goal if 'goal_rounds' in r else ''}; wall {r['wall_seconds_per_run_median']} s/run"
+            f"{goal}; wall {r['wall_seconds_per_run_median']} s/run"
         )
     return 0
 
