@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import random
 import time
@@ -78,8 +79,10 @@ _OUTCOMES: Final = {
 
 #: Sends (url, body, headers) and reports what happened; never raises.
 Transport = Callable[[str, bytes, dict[str, str]], Awaitable[Outcome]]
-#: Told (event, epoch) when this node acquires or releases the token.
-TokenListener = Callable[[str, list[int]], None]
+#: Told (event, epoch) when this node acquires or releases the token; returns
+#: the call it started in the background (a holder hands the token on only once
+#: the call about its acquisition is done), or None when it is done already.
+TokenListener = Callable[[str, list[int]], "asyncio.Future[Any] | None"]
 
 
 class Node:
@@ -223,9 +226,10 @@ class Node:
         """Load the stored state (or start from the behaviour's initial state)."""
         snapshot = await self.store.load()
         self.adopt(snapshot)
-        if self.state is None:
+        stored = self.state is not None
+        if not stored:
             self._set_state(self.behavior.initial(self.context()))
-        self.core.started()
+        self.core.started(stored=stored)
 
     def adopt(self, snapshot: Snapshot) -> None:
         """Take in what the store holds now: the replica count and, if someone
@@ -306,6 +310,9 @@ class Node:
             decision_of(self.behavior.name, summary, None if acting is None else list(acting))
         )
 
+    def _told(self, epoch: protocol.Epoch, _call: asyncio.Future[Any]) -> None:
+        self.lease.told(epoch)
+
     def refresh_acting(self) -> None:
         """Re-check the token lease now and tell the listener what changed.
 
@@ -319,8 +326,13 @@ class Node:
         if self.state is None or not self.lease.enabled:
             return
         for event, epoch in self.core.refresh():
-            if self.token_listener is not None:
-                self.token_listener(event, epoch)
+            if self.token_listener is None:
+                continue
+            call = self.token_listener(event, epoch)
+            if event == "acquire" and call is not None and not call.done():
+                told = (int(epoch[0]), int(epoch[1]))
+                self.lease.tell(told)
+                call.add_done_callback(functools.partial(self._told, told))
         self.metrics.holder.set(0 if self.core.acting is None else 1)
         self.publish_decision()
         end = self.core.lease_end()

@@ -161,17 +161,29 @@ class Lease:
         """An epoch this node stopped acting on while holding it: never acts on it again."""
         self.acting: Epoch | None = None
         """The epoch this node last reported acting on (events fired), or None."""
+        self.amnesiac = False
+        """Started with no stored state and has held no epoch since (`started`)."""
+        self.telling: set[Epoch] = set()
+        """Epochs whose `acquire` the shell's listener is still telling (a token
+        webhook call in flight): the holder hands such an epoch on only once the
+        call returned, so a fence hears acquisitions in epoch order."""
 
     @property
     def enabled(self) -> bool:
         return self.behavior is not None
 
     # --- what happened -----------------------------------------------------------
-    def started(self, state: State) -> None:
+    def started(self, state: State, *, stored: bool = True) -> None:
         """A process starts with a stored state: a held epoch may have been acted
-        on before the restart, so it is burnt (the holder renews before acting)."""
+        on before the restart, so it is burnt (the holder renews before acting).
+
+        `stored=False`: it starts with no stored state (a new pod, or one whose
+        state was lost or unreadable). An earlier life may have accepted an offer
+        and acted on it, and the giver, which never saw the answer, offers the
+        same epoch again: the first epoch it takes from an offer is burnt too."""
         if self.behavior is not None and state.get("holding"):
             self.burnt = self.behavior.epoch(state)
+        self.amnesiac = not stored
 
     def changed(self, old: State | None, new: State, now: float) -> None:
         """The node's state changed from `old` to `new` (persisted)."""
@@ -192,6 +204,10 @@ class Lease:
             and old.get("since") == new.get("since")
         )
         acquired = old is None or not old.get("holding") or b.epoch(old) != b.epoch(new)
+        if self.amnesiac and new.get("holding"):
+            self.amnesiac = False
+            if acquired and new.get("origin") != new.get("epoch"):
+                self.burnt = b.epoch(new)  # taken from an offer: maybe taken before
         if new.get("holding") and not renewed and acquired:
             self.acted_at = now  # acquired: it has a loss timeout to start acting
         if old is None or (b.epoch(old) != b.epoch(new) and not renewed):
@@ -247,6 +263,14 @@ class Lease:
             self.confirms.pop(peer, None)
             if what == "confirms":
                 self.declined[peer] = now
+
+    def tell(self, epoch: Epoch) -> None:
+        """The shell's listener started telling the acquisition of `epoch`."""
+        self.telling.add(epoch)
+
+    def told(self, epoch: Epoch) -> None:
+        """The listener's call about `epoch` returned (answered, failed or timed out)."""
+        self.telling.discard(epoch)
 
     def failed(self, peer: int, now: float) -> None:
         """A round trip to `peer` got no usable answer (a wait): while it gathers
@@ -368,6 +392,7 @@ class Lease:
             quiet=self.quiet(state, now),
             guard_quiet=self.guard_quiet(state, now),
             acting=acting is not None,
+            told=acting not in self.telling,
             renew=(
                 epoch is not None
                 and epoch == self.burnt
@@ -698,11 +723,12 @@ class NodeCore:
             return ctx
         return self.lease.context(ctx, self.state, self.monotonic())
 
-    def started(self) -> None:
-        """The process starts with the state it now holds (stored or initial): a
-        held epoch may have been acted on before a restart (`Lease.started`)."""
+    def started(self, *, stored: bool = True) -> None:
+        """The process starts with the state it now holds (stored, or initial
+        with `stored=False`): a held epoch may have been acted on before a
+        restart, and one offered again after its state was lost (`Lease.started`)."""
         assert self.state is not None
-        self.lease.started(self.state)
+        self.lease.started(self.state, stored=stored)
 
     def set_state(self, new: State) -> State | None:
         """The state is now `new` (persisted); returns the one before."""

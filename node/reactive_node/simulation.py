@@ -124,6 +124,7 @@ class Simulation:
         max_backoff: float = 4.0,
         ring_skip: int = 2,
         drift: float = 0.0,
+        webhook_delay: float = 0.0,
     ) -> None:
         self.behavior = behavior
         self._leased = leased(behavior)
@@ -140,7 +141,12 @@ class Simulation:
         self._counter = itertools.count()
         self._boots = itertools.count(1)
         self._injections = itertools.count(1)
+        self.webhook_delay = webhook_delay
+        """Longest time a token webhook call takes (each takes a random part of
+        it): the holder hands the token on only once its acquire call returned."""
         self.acquires: list[Acquire] = []
+        self.fence: list[Acquire] = []
+        """Acquisitions as a webhook receiver hears them (`at`: when the call arrives)."""
         self.releases: list[Acquire] = []
         self.regenerations: list[Regeneration] = []
         self.acting_since: dict[int, float] = {}
@@ -290,6 +296,29 @@ class Simulation:
         for event, epoch in node.core.refresh():
             record = Acquire(self.now, node.ordinal, (epoch[0], epoch[1]))
             (self.acquires if event == "acquire" else self.releases).append(record)
+            if event == "acquire":
+                self._tell(node, record)
+
+    def _tell(self, node: SimNode, record: Acquire) -> None:
+        """The webhook call about an acquisition: it arrives after a random delay,
+        and the node's lease hears when it returned."""
+        delay = self.rng.uniform(0, self.webhook_delay) if self.webhook_delay > 0 else 0.0
+        heard = dataclasses.replace(record, at=self.now + delay)
+        if delay == 0.0:
+            self.fence.append(heard)
+            return
+        lease = node.core.lease
+        lease.tell(record.epoch)
+
+        def returned() -> None:
+            self.fence.append(heard)
+            lease.told(record.epoch)
+
+        self._at(delay, returned)
+
+    def fence_epochs(self) -> list[tuple[int, int]]:
+        """The epochs of the acquisitions a webhook receiver heard, in arrival order."""
+        return [a.epoch for a in sorted(self.fence, key=lambda a: a.at)]
 
     def _note_regeneration(self, node: SimNode, old: State, new: State) -> None:
         b = self.behavior
@@ -382,13 +411,16 @@ class Simulation:
         self._finish(node, self._drive(node, pending.steps, outcome))
 
     # --- faults and operator -------------------------------------------------------
-    def restart(self, ordinal: int) -> None:
-        """Crash and restart a node: its persisted state survives, its memory does not."""
+    def restart(self, ordinal: int, *, wipe: bool = False) -> None:
+        """Crash and restart a node: its persisted state survives, its memory does
+        not. `wipe`: its state is lost too (a deleted pod, recreated)."""
         node = self.nodes[ordinal]
         stored = node.state
         node.core = self._core(ordinal, node.rate, node.offset)
+        if wipe:
+            stored = self.behavior.initial(node.core.context())
         node.core.set_state(stored)
-        node.core.started()
+        node.core.started(stored=not wipe)
         node.pending = None
         node.paused_until = 0.0
         self._later(node, 0.05, self._acting(node))

@@ -128,7 +128,8 @@ class TokenWebhook:
             log.warning("node %s: token webhook %s %s failed: %s", self.node, event, epoch, failure)
         return failure
 
-    def notify(self, event: str, epoch: list[int]) -> None:
+    def notify(self, event: str, epoch: list[int]) -> asyncio.Task[str | None] | None:
+        """Start the call in the background; the task (None if it was dropped)."""
         log.info("node %s: token %s epoch %s", self.node, event, epoch)
         if len(self.tasks) >= MAX_PENDING:
             log.warning(
@@ -138,12 +139,13 @@ class TokenWebhook:
                 epoch,
                 len(self.tasks),
             )
-            return
+            return None
         task = asyncio.get_running_loop().create_task(
             self.call(event, list(epoch)), name=f"token-webhook-{event}"
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def close(self) -> None:
         """Cancel the calls in flight."""
@@ -156,7 +158,8 @@ class TokenWebhook:
 
 
 def log_only(node: str) -> Callable[[str, list[int]], None]:
-    """The token listener without a webhook: a log line per acquire and release."""
+    """The token listener without a webhook: a log line per acquire and release
+    (done at once: it returns None)."""
 
     def notify(event: str, epoch: list[int]) -> None:
         log.info("node %s: token %s epoch %s", node, event, epoch)

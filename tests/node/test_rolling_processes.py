@@ -1,8 +1,8 @@
 """A rolling update of a real loop from protocol version 1 to 2 and back (issue 10 §3),
 and the decision history of real processes (§4).
 
-The version 1 nodes run the code of commit d29e2e1 itself, taken out of git
-(`git archive`) and started as `reactive-loop node` processes with PYTHONPATH on
+The version 1 nodes run the code of the last version 1 commit itself (2be2cff,
+frozen as `fixtures/wire_v1/node-v1.tar.gz`: history may be rewritten) and started as `reactive-loop node` processes with PYTHONPATH on
 it; the version 2 nodes run this checkout. A converge ring of three is upgraded
 one node at a time (as the operator rolls pods), then one node is rolled back;
 a new target is injected after every step and must reach every node. A token
@@ -27,7 +27,6 @@ import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,9 @@ from reactive_node import contract, history
 from reactive_node.behaviors.base import canonical
 from reactive_node.local import free_ports
 
-V1_COMMIT = "d29e2e1"
+V1_ARCHIVE = Path(__file__).parent / "fixtures" / "wire_v1" / "node-v1.tar.gz"
+"""`git archive 2be2cff node | gzip -9n`: the node code of the last version 1
+commit that landed (its wire format is d29e2e1's)."""
 ROOT = Path(__file__).resolve().parents[2]
 LOOP = "roll"
 NODES = 3
@@ -47,18 +48,10 @@ pytestmark = pytest.mark.processes
 
 @pytest.fixture(scope="module")
 def v1_code(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The `node/` folder of the version 1 commit, out of git."""
-    try:
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", V1_COMMIT, "node"],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"the version 1 code (commit {V1_COMMIT}) is not in git here: {e}")
+    """The `node/` folder of the last version 1 commit, from the frozen archive
+    (`fixtures/wire_v1/node-v1.tar.gz`: git history may not hold the commit)."""
     folder = tmp_path_factory.mktemp("wire-v1")
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+    with tarfile.open(V1_ARCHIVE) as tar:
         tar.extractall(folder, filter="data")
     node = folder / "node"
     assert "PROTOCOL_VERSION" not in (node / "reactive_node" / "codec.py").read_text()

@@ -80,6 +80,9 @@ class Context:
     """Seconds since this node last vouched for the token chain it vouches for."""
     acting: bool = False
     """Whether this node acts as the token holder now (its lease is fresh)."""
+    told: bool = True
+    """Whether the node's listener finished telling that it acquired the epoch it
+    acts on (the token webhook's call returned): only then is it handed on."""
     renew: bool = False
     """This node held its epoch past a lapsed lease and a majority vouched for it
     again: it takes the next term, and acts on that (never on the old one)."""

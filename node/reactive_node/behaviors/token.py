@@ -34,7 +34,10 @@ Every decision follows a round trip (issue 10, docs/node.md "The token is CP"):
   a time and switches to another only after it has vouched for none for the
   guard (the lease stretched by the drift allowance): two acting holders
   would need one node vouching for both chains within one lease. Only an
-  acting holder hands the token on. A holder whose lease lapsed takes a new
+  acting holder hands the token on, and only once its listener told its
+  acquisition (the token webhook's call returned, `Context.told`): the
+  webhook is called in the background, and a fence must hear the epochs of
+  one chain in their order. A holder whose lease lapsed takes a new
   term (same chain) once a majority vouched for it again, and acts on that
   one, so the fence sees only increasing epochs; until then its epoch is no
   news to anyone. One that no majority vouched for during the loss timeout
@@ -295,8 +298,10 @@ class Token:
                 # holds, or it shows a newer epoch and this node releases).
                 return mine
             peer = ctx.peer
-            if peer is None or peer == ctx.ordinal or not ctx.acting:
-                return mine  # only an acting holder hands the token on
+            if peer is None or peer == ctx.ordinal or not ctx.acting or not ctx.told:
+                # Only an acting holder hands the token on, and only once its
+                # acquisition was told: a fence hears epochs in their order.
+                return mine
             term = int(mine["epoch"][0])
             if offer is not None:
                 term = max(term, int(offer["epoch"][0]))
