@@ -1,8 +1,9 @@
 """A rolling update of a real loop from protocol version 1 to 2 and back (issue 10 §3),
 and the decision history of real processes (§4).
 
-The version 1 nodes run the code of the last version 1 commit itself (2be2cff,
-frozen as `fixtures/wire_v1/node-v1.tar.gz`: history may be rewritten) and started as `reactive-loop node` processes with PYTHONPATH on
+The version 1 nodes run the code of the last version 1 commit itself
+(2be2cff, frozen as `fixtures/wire_v1/node-v1.tar.gz`: history may be
+rewritten) and started as `reactive-loop node` processes with PYTHONPATH on
 it; the version 2 nodes run this checkout. A converge ring of three is upgraded
 one node at a time (as the operator rolls pods), then one node is rolled back;
 a new target is injected after every step and must reach every node. A token
