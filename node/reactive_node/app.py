@@ -263,7 +263,10 @@ def _background(run_loop: bool) -> Callable[[web.Application], AsyncIterator[Non
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         node = app[NODE_KEY]
         config = app[CONFIG_KEY]
-        connector = aiohttp.TCPConnector(limit=64, ttl_dns_cache=10)
+        # A connection per round trip (force_close): most NetworkPolicy
+        # implementations judge new connections only, so a kept-alive one would
+        # outlive a cut (`kubectl rloop chaos --partition`, a policy change).
+        connector = aiohttp.TCPConnector(limit=64, ttl_dns_cache=10, force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             app[SESSION_KEY] = session
             webhook = None

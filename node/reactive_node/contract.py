@@ -39,6 +39,10 @@ LOOP_LABEL: Final = ANNOTATION_PREFIX + "loop"
 ORDINAL_LABEL: Final = ANNOTATION_PREFIX + "ordinal"
 COMPONENT_LABEL: Final = "app.kubernetes.io/component"
 NODE_COMPONENT: Final = "node"
+#: Set on a node pod by `kubectl rloop chaos` while it cuts the pod off: the
+#: loop's NetworkPolicy neither selects such a pod nor admits it as a peer (so
+#: the chaos run's deny-all policy is the only one that applies to it).
+PARTITIONED_LABEL: Final = ANNOTATION_PREFIX + "partitioned"
 
 # --- HTTP ------------------------------------------------------------------
 DEFAULT_PORT: Final = 8080

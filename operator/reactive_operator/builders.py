@@ -348,6 +348,10 @@ def webhook_peer(url: str, cidrs: Iterable[str]) -> tuple[list[dict[str, Any]], 
     return (peers, port) if peers else None
 
 
+def network_policy_name(loop: str) -> str:
+    return loop + NETWORK_POLICY_SUFFIX
+
+
 def network_policy(owner: Owner, spec: LoopSpec, net: NodeNetwork) -> Manifest:
     """Who may reach a loop's nodes, and where they may connect.
 
@@ -355,9 +359,17 @@ def network_policy(owner: Owner, spec: LoopSpec, net: NodeNetwork) -> Manifest:
     operator's namespace, the scraper's pods in the scraper's namespaces; no
     peer is "any namespace". Egress (unless `net.egress` is off): the loop's
     own pods on the node port, DNS, the API server by address, and the token
-    webhook (`webhook_peer`). Nothing else.
+    webhook (`webhook_peer`). Nothing else. A pod labelled
+    `c.PARTITIONED_LABEL` (cut off by a chaos run) is left out of both.
     """
-    own = {"podSelector": {"matchLabels": selector_labels(owner.name)}}
+    # A pod that `kubectl rloop chaos` cuts off (it carries PARTITIONED_LABEL)
+    # is neither selected nor a peer: NetworkPolicies only add what they allow,
+    # so the chaos run's deny-all can cut a pod only if this one lets it go.
+    nodes = {
+        "matchLabels": selector_labels(owner.name),
+        "matchExpressions": [{"key": c.PARTITIONED_LABEL, "operator": "DoesNotExist"}],
+    }
+    own = {"podSelector": nodes}
     node_port = [{"protocol": "TCP", "port": c.DEFAULT_PORT}]
     sources: list[dict[str, Any]] = [own]
     for peer in (
@@ -367,7 +379,7 @@ def network_policy(owner: Owner, spec: LoopSpec, net: NodeNetwork) -> Manifest:
         if peer is not None:
             sources.append(peer)
     policy: dict[str, Any] = {
-        "podSelector": {"matchLabels": selector_labels(owner.name)},
+        "podSelector": nodes,
         "policyTypes": ["Ingress"],
         "ingress": [{"from": sources, "ports": node_port}],
     }
@@ -400,7 +412,7 @@ def network_policy(owner: Owner, spec: LoopSpec, net: NodeNetwork) -> Manifest:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _meta(owner, owner.name + NETWORK_POLICY_SUFFIX, common_labels(owner.name)),
+        "metadata": _meta(owner, network_policy_name(owner.name), common_labels(owner.name)),
         "spec": policy,
     }
 

@@ -71,6 +71,15 @@ class PatchBudget:
 
 
 @dataclass(frozen=True)
+class PatchNetworkPolicy:
+    """Merge-patch the loop's NetworkPolicy's spec (a key set to None is removed)."""
+
+    name: str
+    spec: Manifest
+    event: Event
+
+
+@dataclass(frozen=True)
 class DeleteBudget:
     name: str
     event: Event
@@ -123,6 +132,7 @@ class Inject:
 Action = (
     Create
     | PatchBudget
+    | PatchNetworkPolicy
     | DeleteBudget
     | CreateNode
     | DeletePod
@@ -146,6 +156,7 @@ class Remembered:
     """(reason, message): why the loop's HMAC Secret cannot be used, while it cannot."""
     reported_secret_problem: str | None = None
     reported_budget_problem: str | None = None
+    reported_policy_problem: str | None = None
     pod_rejected: str | None = None
     """Why the API server refused a node pod (e.g. a bad sidecar), until one is created."""
     inject_backoff: float = 1.0
@@ -201,6 +212,8 @@ class Observed:
     shared_due: bool = False
     budget: Mapping[str, Any] | None = None
     """The PodDisruptionBudget under the loop's name (read when `shared_due`)."""
+    network_policy: Mapping[str, Any] | None = None
+    """The NetworkPolicy under the loop's name (read when `shared_due`)."""
     rbac_ordinals: frozenset[int] = frozenset()
     rbac_listed: bool = False
     """Whether `rbac_ordinals` were listed now (else assumed, see `assumed_rbac`)."""
@@ -309,6 +322,32 @@ def _problem_event(previous: str | None, reason: str, message: str) -> tuple[Eve
     return (Event("Warning", reason, message) if text != previous else None), text
 
 
+def _network_policy(
+    owner: Owner, desired: Manifest, current: Mapping[str, Any] | None
+) -> tuple[list[Action], str | None]:
+    """Create the loop's NetworkPolicy, or patch it to the wanted spec (an
+    operator upgrade that changes the policy reaches loops made before it);
+    one under its name that is not this loop's is left alone (the problem)."""
+    name = str(desired["metadata"]["name"])
+    if current is None:
+        return [Create(desired)], None
+    if not builders.owns(owner, current):
+        return [], (
+            f"NetworkPolicy {name} exists but is not owned by this ReactiveLoop:"
+            " it is neither used nor changed; delete or rename it"
+        )
+    want = desired["spec"]
+    spec_now = current.get("spec") or {}
+    stale = {k: None for k in ("ingress", "egress") if k not in want and spec_now.get(k)}
+    if stale or {k: spec_now.get(k) for k in want} != want:
+        return [
+            PatchNetworkPolicy(
+                name, {**want, **stale}, Event("Normal", "Updated", f"updated NetworkPolicy {name}")
+            )
+        ], None
+    return [], None
+
+
 def _budget(
     owner: Owner, spec: LoopSpec, current: Mapping[str, Any] | None
 ) -> tuple[list[Action], str | None]:
@@ -408,7 +447,13 @@ def decide(observed: Observed, wanted: Wanted) -> Decision:
                     Event("Normal", "Created", f"created headless Service {owner.name}"),
                 )
             )
-            actions.append(Create(builders.network_policy(owner, spec, wanted.network)))
+            policy_actions, policy_problem = _network_policy(
+                owner, builders.network_policy(owner, spec, wanted.network), observed.network_policy
+            )
+            actions.extend(policy_actions)
+            if policy_problem is not None and policy_problem != mem.reported_policy_problem:
+                events.append(Event("Warning", "NetworkPolicyNotOwned", policy_problem))
+            mem = replace(mem, reported_policy_problem=policy_problem)
             budget_actions, budget_problem = _budget(owner, spec, observed.budget)
             actions.extend(budget_actions)
             if budget_problem is not None and budget_problem != mem.reported_budget_problem:

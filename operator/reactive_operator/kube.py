@@ -227,6 +227,28 @@ class Kube:
             )
         )
 
+    async def read_network_policy(self, ns: str, name: str) -> Manifest | None:
+        """The NetworkPolicy as the API returns it, or None."""
+        try:
+            data = await _json(
+                self.net.read_namespaced_network_policy(name, ns, _preload_content=False)
+            )
+        except NotFound:
+            return None
+        return dict(data)
+
+    async def patch_network_policy(self, ns: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch a NetworkPolicy (a key set to None is removed)."""
+        await _json(
+            self.net.patch_namespaced_network_policy(
+                name,
+                ns,
+                dict(patch),
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+                _preload_content=False,
+            )
+        )
+
     async def get_loop(self, ns: str, name: str) -> Manifest | None:
         try:
             obj = await _call(

@@ -148,9 +148,12 @@ async def observe(
         return observed
     kube = deps.kube
     due = force_ensure or decide.shared_due(remembered, owner, generation, now)
-    budget = None
+    budget = policy = None
     if due:
         budget = await kube.read_pdb(owner.namespace, builders.disruption_budget_name(owner.name))
+        policy = await kube.read_network_policy(
+            owner.namespace, builders.network_policy_name(owner.name)
+        )
     secret = None
     if spec.auth.hmac and due:
         secret = await check_hmac_secret(
@@ -166,6 +169,7 @@ async def observe(
         observed,
         shared_due=due,
         budget=budget,
+        network_policy=policy,
         rbac_ordinals=rbac,
         rbac_listed=listed,
         secret=secret,
@@ -272,6 +276,9 @@ async def _act(deps: Deps, observed: Observed, action: decide.Action, applied: A
                 applied.events.append(event)
         case decide.PatchBudget(name, spec, event):
             await kube.patch_pdb(ns, name, {"spec": spec})
+            applied.events.append(event)
+        case decide.PatchNetworkPolicy(name, spec, event):
+            await kube.patch_network_policy(ns, name, {"spec": spec})
             applied.events.append(event)
         case decide.DeleteBudget(name, event):
             if await kube.delete_pdb(ns, name):

@@ -12,9 +12,9 @@ with the kind cluster's own context:
 * a short bounded `chaos --kill --partition` exits 0 with a verdict of no
   violations and faults injected, and leaves no object it made.
 
-The partition's NetworkPolicy is reported, not asserted, to cut the pod:
-NetworkPolicies only add allowances, and the loop's own policy allows its
-peers (docs/chaos.md).
+The partition cuts the pod (kube-network-policies enforces it): the loop's
+own policy leaves out the pod the run labels, and nodes open a connection per
+round trip (docs/chaos.md). No pod keeps the label after the run.
 """
 
 from __future__ import annotations
@@ -138,9 +138,20 @@ def test_status_history_and_a_bounded_chaos_run(
     assert "<svg" in (out / "timeline.html").read_text()
     (partition,) = verdict["partitions"]
     print("partition:", json.dumps(partition))
+    killed = {n for f in verdict["faults"] if f["kind"] == "kill" for n in f["nodes"]}
+    if partition["node"] in killed:
+        assert partition["cut"] is not False, partition  # may be unmeasured (None)
+    else:
+        assert partition["cut"] is True, partition
+        assert partition["loopsWhileCut"] == 0
     cleanup = verdict["cleanup"]
     assert cleanup["created"] == [partition["policy"]]
     assert cleanup["removed"] == cleanup["created"]
     assert cleanup["left"] == []
     assert left_behind(kind, namespace) == []
+    assert cleanup["labelled"] == [partition["node"]] == cleanup["unlabelled"]
+    labelled = kind.kubectl(
+        "get", "pods", "-n", namespace, "-l", "reactive-loop.dev/partitioned", "-o", "name"
+    )
+    assert labelled.stdout.strip() == "", labelled.stdout
     kind.wait_for(lambda: ready(kind, namespace, name), 120, what=f"{name} Ready after chaos")

@@ -529,6 +529,8 @@ class FakeWorld:
         self.enforce = enforce
         self.replicas = replicas
         self.policies: dict[str, Mapping[str, Any]] = {}
+        self.labels: dict[str, str] = {}
+        """Pod name -> the run whose partition label it carries."""
         self.pods: dict[int, kube.PodRef] = {}
         self.nodes: dict[int, FakeNode] = {}
         self.back_at: dict[int, float] = {}
@@ -570,9 +572,15 @@ class FakeWorld:
         self.nodes[ordinal] = FakeNode(boot=self.uids)
 
     def cut(self, ordinal: int) -> bool:
-        return self.enforce and any(
-            p["spec"]["podSelector"]["matchLabels"][c.ORDINAL_LABEL] == str(ordinal)
-            for p in self.policies.values()
+        """A deny-all for the pod cuts it only once the pod carries the label that
+        takes it out of the loop's own policy (NetworkPolicies only add)."""
+        return (
+            self.enforce
+            and f"demo-{ordinal}" in self.labels
+            and any(
+                p["spec"]["podSelector"]["matchLabels"][c.ORDINAL_LABEL] == str(ordinal)
+                for p in self.policies.values()
+            )
         )
 
     # the ClusterApi
@@ -603,6 +611,16 @@ class FakeWorld:
             self.fail_delete -= 1
             raise kube.KubeError("503 the API server is busy")
         return self.policies.pop(name, None) is not None
+
+    def set_partitioned(self, name: str, run: str | None) -> bool:
+        if run is None:
+            self.labels.pop(name, None)
+        else:
+            self.labels[name] = run
+        return True
+
+    def partitioned(self, loop: str, run: str | None = None) -> list[str]:
+        return sorted(n for n, r in self.labels.items() if run is None or r == run)
 
     def policies_of(self, selector: str) -> list[str]:
         wanted = dict(kv.split("=", 1) for kv in selector.split(","))
@@ -658,6 +676,12 @@ class FakeApi:
     def policies(self, selector: str) -> list[str]:
         return self.world.policies_of(selector)
 
+    def set_partitioned(self, name: str, run: str | None) -> bool:
+        return self.world.set_partitioned(name, run)
+
+    def partitioned(self, loop: str, run: str | None = None) -> list[str]:
+        return self.world.partitioned(loop, run)
+
 
 def make_run(world: FakeWorld, tmp_path: Path, plan: chaos.Plan) -> chaos.ClusterChaos:
     return chaos.ClusterChaos(
@@ -683,11 +707,16 @@ PLAN = chaos.Plan(
 
 def test_a_clean_run_gives_the_verdict_and_leaves_nothing(tmp_path: Path) -> None:
     world = FakeWorld()
-    result = make_run(world, tmp_path, PLAN).run()
+    run = make_run(world, tmp_path, PLAN)
+    result = run.run()
     assert result["ok"] is True, result["violations"]
     assert result["faultCounts"] == {"kill": 1, "pause": 0, "partition": 1}
     assert world.deleted == ["demo-1"]
     assert world.policies == {}
+    assert world.labels == {}
+    assert world.labels == {}
+    cleanup = run.cleanup.to_json()
+    assert cleanup["labelled"] == ["demo-2"] == cleanup["unlabelled"]
     (kill,) = [f for f in result["faults"] if f["kind"] == "kill"]
     assert kill["end"] - kill["start"] == pytest.approx(3.0, abs=0.2)  # the new pod answered
     (cut,) = result["partitions"]
@@ -710,6 +739,7 @@ def test_a_partition_that_does_not_cut_is_reported(tmp_path: Path) -> None:
     assert cut["cut"] is False
     assert cut["loopsWhileCut"] > 0
     assert world.policies == {}
+    assert world.labels == {}
 
 
 def interrupt_when_cut(exc: BaseException | int) -> Any:
@@ -733,6 +763,7 @@ def test_ctrl_c_during_a_partition_removes_its_policy(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         run.run()
     assert world.policies == {}
+    assert world.labels == {}
     assert run.cleanup.created == run.cleanup.removed == ["rloop-cut-r1-1"]
     assert run.cleanup.left == []
 
@@ -749,6 +780,7 @@ def test_a_signal_during_a_partition_removes_its_policy(
     with pytest.raises(expected), chaos.signals_raise():
         run.run()
     assert world.policies == {}
+    assert world.labels == {}
     assert run.cleanup.created == run.cleanup.removed == ["rloop-cut-r1-1"]
     assert run.cleanup.left == []
     # The handlers are put back afterwards.
@@ -775,6 +807,7 @@ def test_a_signal_during_the_cleanup_does_not_cut_it_short(tmp_path: Path) -> No
     with pytest.raises(KeyboardInterrupt), chaos.signals_raise():
         run.run()
     assert world.policies == {}
+    assert world.labels == {}
     assert sorted(run.cleanup.removed) == ["rloop-cut-r1-0", "rloop-cut-r1-1"]
 
 
@@ -786,6 +819,7 @@ def test_the_cleanup_retries_and_sweeps_by_label(tmp_path: Path) -> None:
     with pytest.raises(kube.KubeError, match="lost"):
         run.run()
     assert world.policies == {}
+    assert world.labels == {}
     assert run.cleanup.left == []
 
 
@@ -838,6 +872,7 @@ def test_a_run_against_an_unready_loop_fails_and_creates_nothing(tmp_path: Path)
         run.run()
     assert run.cleanup.created == []
     assert world.policies == {}
+    assert world.labels == {}
     assert world.deleted == []
 
 
@@ -924,6 +959,15 @@ def test_cluster_calls_on_a_real_api_server(
     reader = kube.NodeReader(api_cluster, "proxy", timeout=2.0)
     with pytest.raises(kube.NodeReadError, match="pod proxy"):
         reader.get("demo-0", c.STATE_PATH)
+    # The partition label: set, found by run, removed; a missing pod is False.
+    assert api_cluster.partitioned("demo") == []
+    assert api_cluster.set_partitioned("demo-0", "r7") is True
+    assert api_cluster.partitioned("demo") == ["demo-0"] == api_cluster.partitioned("demo", "r7")
+    assert api_cluster.partitioned("demo", "r8") == []
+    assert api_cluster.partitioned("other") == []
+    assert api_cluster.set_partitioned("demo-0", None) is True
+    assert api_cluster.partitioned("demo") == []
+    assert api_cluster.set_partitioned("demo-9", "r7") is False
     # A deletion names the UID: another pod of the same name is not touched.
     api_cluster.delete_pod("demo-0", "not-its-uid")
     assert api_cluster.pods("demo")[0].uid == pod.uid
@@ -949,6 +993,10 @@ def test_cleanup_command_removes_only_what_runs_made(
 ) -> None:
     for run, loop in (("r1", "demo"), ("r2", "demo"), ("r3", "other")):
         api_cluster.create_policy(chaos.partition_policy(loop, 0, run, f"rloop-cut-{run}-0"))
+    local_cluster.apply(node_pod("demo-0", "demo", 0), namespace)
+    local_cluster.apply(node_pod("other-0", "other", 0), namespace)
+    api_cluster.set_partitioned("demo-0", "r1")
+    api_cluster.set_partitioned("other-0", "r3")
     local_cluster.apply(
         json.dumps(
             {
@@ -966,9 +1014,15 @@ def test_cleanup_command_removes_only_what_runs_made(
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert sorted(done.stdout.split()) == sorted(
-        ["networkpolicy/rloop-cut-r1-0", "deleted", "networkpolicy/rloop-cut-r2-0", "deleted"]
+    assert sorted(done.stdout.splitlines()) == sorted(
+        [
+            "networkpolicy/rloop-cut-r1-0 deleted",
+            "networkpolicy/rloop-cut-r2-0 deleted",
+            f"pod/demo-0 unlabelled ({c.PARTITIONED_LABEL})",
+        ]
     )
+    assert api_cluster.partitioned("demo") == []
+    assert api_cluster.partitioned("other") == ["other-0"]
     left = local_cluster.get("networkpolicies", namespace=namespace)
     assert sorted(p["metadata"]["name"] for p in (left or {})["items"]) == [
         "rloop-cut-r3-0",

@@ -196,6 +196,13 @@ def _peers(policy: dict[str, Any], direction: str) -> list[dict[str, Any]]:
     return [p for rule in policy["spec"].get(direction, []) for p in rule[key]]
 
 
+NODES = {
+    "matchLabels": builders.selector_labels("demo"),
+    "matchExpressions": [{"key": c.PARTITIONED_LABEL, "operator": "DoesNotExist"}],
+}
+"""The loop's node pods, less one that `kubectl rloop chaos` cut off."""
+
+
 def test_network_policy_admits_loop_operator_and_scraper_by_namespace_and_pod() -> None:
     net = config.load(
         {
@@ -208,7 +215,8 @@ def test_network_policy_admits_loop_operator_and_scraper_by_namespace_and_pod() 
     assert rule["ports"] == [{"protocol": "TCP", "port": c.DEFAULT_PORT}]
     own, operator, scraper = rule["from"]
     # The loop's own pods: a podSelector alone is the policy's own namespace.
-    assert own == {"podSelector": {"matchLabels": builders.selector_labels("demo")}}
+    assert own == {"podSelector": NODES}
+    assert np["spec"]["podSelector"] == NODES
     # The operator: its pods' labels, in the operator's namespace only (unset:
     # the namespace of its Lease, which the chart sets to the release's).
     assert operator == {
@@ -272,7 +280,7 @@ def test_node_egress_is_its_loop_dns_the_api_server_and_nothing_else() -> None:
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
     loop, dns, api = np["spec"]["egress"]
     assert loop == {
-        "to": [{"podSelector": {"matchLabels": builders.selector_labels("demo")}}],
+        "to": [{"podSelector": NODES}],
         "ports": [{"protocol": "TCP", "port": c.DEFAULT_PORT}],
     }
     assert dns == {

@@ -61,6 +61,9 @@ class Kube:
     async def annotate_pod(self, ns: str, name: str, annotations: Mapping[str, str]) -> None:
         return None
 
+    async def read_network_policy(self, ns: str, name: str) -> dict[str, Any] | None:
+        return None
+
     async def read_pdb(self, ns: str, name: str) -> dict[str, Any] | None:
         return None
 

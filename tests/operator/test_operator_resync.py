@@ -37,6 +37,9 @@ class FakeKube:
         self.created.append((ns, f"{manifest['kind']}/{manifest['metadata']['name']}"))
         return True
 
+    async def read_network_policy(self, ns: str, name: str) -> dict[str, Any] | None:
+        return None
+
     async def read_pdb(self, ns: str, name: str) -> dict[str, Any] | None:
         return None
 

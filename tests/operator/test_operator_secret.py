@@ -55,6 +55,9 @@ class SecretKube:
         self.log.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
         return True
 
+    async def read_network_policy(self, ns: str, name: str) -> dict[str, Any] | None:
+        return None
+
     async def read_pdb(self, ns: str, name: str) -> dict[str, Any] | None:
         return None
 

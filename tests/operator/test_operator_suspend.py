@@ -36,6 +36,8 @@ class Kube:
         self.annotated: list[tuple[str, dict[str, str]]] = []
         self.pdbs: dict[str, dict[str, Any]] = {}
         self.pdb_patches: list[Mapping[str, Any]] = []
+        self.policies: dict[str, dict[str, Any]] = {}
+        self.policy_patches: list[Mapping[str, Any]] = []
         self.refuse_pods: str | None = None
         self.events: list[tuple[str, str]] = []
         self.injected: list[str] = []
@@ -46,6 +48,10 @@ class Kube:
             raise KubeError(422, self.refuse_pods)
         if kind == "PodDisruptionBudget":
             self.pdbs[name] = copy.deepcopy(dict(manifest))
+        if kind == "NetworkPolicy":
+            if name in self.policies:
+                return False
+            self.policies[name] = copy.deepcopy(dict(manifest))
         self.created.append(f"{kind}/{name}")
         return True
 
@@ -68,6 +74,18 @@ class Kube:
     async def patch_pdb(self, ns: str, name: str, patch: Mapping[str, Any]) -> None:
         self.pdb_patches.append(patch)
         self.pdbs[name]["spec"].update(patch["spec"])
+
+    async def read_network_policy(self, ns: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.policies.get(name))
+
+    async def patch_network_policy(self, ns: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.policy_patches.append(patch)
+        spec = self.policies[name]["spec"]
+        for key, value in patch["spec"].items():
+            if value is None:
+                spec.pop(key, None)
+            else:
+                spec[key] = value
 
     async def delete_pdb(self, ns: str, name: str) -> bool:
         self.deleted.append(f"PodDisruptionBudget/{name}")
@@ -250,6 +268,66 @@ async def test_a_budget_it_does_not_own_is_left_alone() -> None:
     assert kube.pdb_patches == []
     assert ("Warning", "DisruptionBudgetNotOwned") in {(e.kind, e.reason) for e in events}
     assert kube.events == [(e.kind, e.reason) for e in events]  # sent, through kube here
+
+
+# --- the NetworkPolicy ---------------------------------------------------------------
+
+
+async def test_a_network_policy_made_before_an_upgrade_is_brought_to_the_wanted_spec() -> None:
+    """The policy of an earlier operator (no exclusion of a partitioned pod, an
+    egress rule it no longer wants) is patched to the wanted spec, once."""
+    kube = Kube()
+    deps = deps_with(kube)
+    body = loop_body()
+    pods = node_pods(3, body["spec"])
+    await one_pass(deps, body, pods)
+    wanted = copy.deepcopy(kube.policies["demo-nodes"])
+    assert kube.policy_patches == []
+    old = copy.deepcopy(wanted)
+    old["spec"]["podSelector"].pop("matchExpressions")
+    old["spec"]["policyTypes"] = ["Ingress"]
+    old["spec"]["ingress"][0]["from"] = [{"podSelector": {"matchLabels": {"x": "y"}}}]
+    kube.policies["demo-nodes"] = old
+    _, events = await reconcile(deps, body, {KEY: pods}, force_ensure=True)
+    assert kube.policies["demo-nodes"]["spec"] == wanted["spec"]
+    assert len(kube.policy_patches) == 1
+    assert ("Normal", "Updated") in {(e.kind, e.reason) for e in events}
+    await one_pass(deps, body, pods)  # as wanted now: left alone
+    assert len(kube.policy_patches) == 1
+
+
+async def test_a_network_policy_without_egress_loses_a_stale_egress_rule() -> None:
+    """RLO_NODE_EGRESS=false after a version that limited egress: the rule goes."""
+    kube = Kube()
+    net = load({"RLO_NODE_EGRESS": "false"})
+    deps = Deps(net, kube, Nodes(), OperatorMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+    body = loop_body()
+    pods = node_pods(3, body["spec"])
+    await one_pass(deps, body, pods)
+    policy = kube.policies["demo-nodes"]
+    assert "egress" not in policy["spec"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    policy["spec"]["egress"] = [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]
+    policy["spec"]["policyTypes"] = ["Ingress", "Egress"]
+    await one_pass(deps, body, pods)
+    assert kube.policies["demo-nodes"]["spec"]["policyTypes"] == ["Ingress"]
+    assert "egress" not in kube.policies["demo-nodes"]["spec"]
+    assert kube.policy_patches[-1]["spec"]["egress"] is None
+
+
+async def test_a_network_policy_it_does_not_own_is_left_alone() -> None:
+    kube = Kube()
+    foreign = builders.network_policy(
+        Owner("demo", "ns", "someone-else"), parse_spec({"replicas": 3}), load({}).node_network
+    )
+    kube.policies["demo-nodes"] = copy.deepcopy(foreign)
+    foreign_now = copy.deepcopy(foreign)
+    deps = deps_with(kube)
+    body = loop_body()
+    _, events = await reconcile(deps, body, {KEY: node_pods(3, body["spec"])}, force_ensure=True)
+    assert kube.policies["demo-nodes"] == foreign_now
+    assert kube.policy_patches == []
+    assert ("Warning", "NetworkPolicyNotOwned") in {(e.kind, e.reason) for e in events}
 
 
 # --- a pod the API server refuses ------------------------------------------------------

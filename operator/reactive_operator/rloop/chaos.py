@@ -8,11 +8,16 @@ Faults:
   new pod of the ordinal answers `/v1/state` ready with a new `boot`.
 * **partition** — a NetworkPolicy made by this run selects the one pod (the
   loop's and ordinal's labels: its name is `<loop>-<ordinal>`) and allows no
-  ingress and no egress; deleted when the partition heals. No exec, no
-  change to any object the run did not make. NetworkPolicies only add
-  allowances: where another policy allows the pod's traffic (the loop's own
-  policy allows its peers) or a plugin keeps established connections, the
-  cut does not take. So the run measures it: the pod's successful round
+  ingress and no egress, and the pod gets the label `reactive-loop.dev/
+  partitioned=<run>`. NetworkPolicies only add allowances, so the loop's own
+  policy (which admits the loop's pods as peers) leaves out a pod with that
+  label (`builders.network_policy`): the run's deny-all is then the only
+  policy of the pod, and its peers' policies no longer admit it. Healing
+  removes the label first, then the policy. No exec; the only change to an
+  object the run did not make is that label on the cut pod, removed at the
+  end whatever ends the run. Nodes open a connection per round trip, so
+  a policy implementation that keeps established connections still cuts
+  the next one. The run measures the cut anyway: the pod's successful round
   trips while cut are counted, and the verdict says per partition whether
   the pod was cut (`partitions[].cut`).
 
@@ -87,6 +92,10 @@ class ClusterApi(Protocol):
     def delete_pod(self, name: str, uid: str) -> None: ...
 
     def create_policy(self, body: Mapping[str, Any]) -> None: ...
+
+    def set_partitioned(self, name: str, run: str | None) -> bool: ...
+
+    def partitioned(self, loop: str, run: str | None = None) -> list[str]: ...
 
     def delete_policy(self, name: str) -> bool: ...
 
@@ -277,7 +286,11 @@ class Cleanup:
 
     api: ClusterApi
     run: str
+    loop: str = ""
     created: list[str] = field(default_factory=list)
+    labelled: list[str] = field(default_factory=list)
+    """Pods this run labelled as partitioned (each unlabelled at its heal or the end)."""
+    unlabelled: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -297,9 +310,35 @@ class Cleanup:
         self.errors.append(last)
         return False
 
+    def unlabel(self, pod: str) -> bool:
+        """Remove the partition label from `pod` (tried `CLEANUP_TRIES` times)."""
+        last = ""
+        for _ in range(CLEANUP_TRIES):
+            try:
+                self.api.set_partitioned(pod, None)
+            except KubeError as e:
+                last = str(e)
+                continue
+            if pod not in self.unlabelled:
+                self.unlabelled.append(pod)
+            return True
+        self.errors.append(last)
+        return False
+
     def finish(self) -> None:
-        """Delete everything created, then whatever else carries the run's label
-        (a create whose answer was lost), and list what is left."""
+        """Unlabel the pods it cut and delete everything created, then whatever
+        else carries the run's label (a call whose answer was lost), and list
+        what is left."""
+        for pod in self.labelled:
+            if pod not in self.unlabelled:
+                self.unlabel(pod)
+        if self.loop:
+            try:
+                for pod in self.api.partitioned(self.loop, self.run):
+                    if pod not in self.unlabelled:
+                        self.unlabel(pod)
+            except KubeError as e:
+                self.errors.append(str(e))
         for name in self.created:
             if name not in self.removed:
                 self.delete(name)
@@ -321,6 +360,8 @@ class Cleanup:
             "selector": run_selector(self.run),
             "created": list(self.created),
             "removed": list(self.removed),
+            "labelled": list(self.labelled),
+            "unlabelled": list(self.unlabelled),
             "left": list(self.left),
             "errors": self.errors[:10],
         }
@@ -461,7 +502,7 @@ class ClusterChaos:
         self.say = say
         self.names = [f"{loop.name}-{i}" for i in range(loop.replicas)]
         self.collector = _Collector(self.names)
-        self.cleanup = Cleanup(api, self.run_id)
+        self.cleanup = Cleanup(api, self.run_id, loop.name)
         self.faults: list[verdict.Fault] = []
         self.cuts: dict[int, _Cut] = {}
         self.kills: dict[int, _Kill] = {}
@@ -551,11 +592,16 @@ class ClusterChaos:
         body = partition_policy(self.loop.name, ordinal, self.run_id, policy)
         self.cleanup.created.append(policy)  # before the call: its answer may be lost
         self.api.create_policy(body)
+        self.cleanup.labelled.append(name)
+        self.api.set_partitioned(name, self.run_id)
         start = self.clock()
         others = tuple(n for n in self.names if n != name)
         self.faults.append(verdict.Fault("partition", start, start + seconds, (name,), others))
         self.cuts[index] = _Cut(index, ordinal, policy, start, at, at + seconds)
-        self.say(f"partition of {name}: NetworkPolicy {policy} for {seconds:g} s")
+        self.say(
+            f"partition of {name}: NetworkPolicy {policy} and label"
+            f" {c.PARTITIONED_LABEL}={self.run_id} for {seconds:g} s"
+        )
 
     def _counters(self, ordinal: int) -> tuple[int, int, int] | None:
         state = self._state(self.names[ordinal])
@@ -570,6 +616,7 @@ class ClusterChaos:
         cut = self.cuts[index]
         cut.after = self._counters(cut.ordinal)
         cut.healed_at = self.monotonic()
+        self.cleanup.unlabel(self.names[cut.ordinal])
         if self.cleanup.delete(cut.policy):
             f = self.faults[index]
             self.faults[index] = verdict.Fault(f.kind, f.start, self.clock(), f.nodes, f.other)

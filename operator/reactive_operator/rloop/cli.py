@@ -297,6 +297,13 @@ def cmd_cleanup(args: argparse.Namespace, cluster: Any, reader: Any) -> int:
 
     names = cluster.policies(chaos.loop_selector(args.name))
     failed = []
+    labelled = cluster.partitioned(args.name)
+    for pod in labelled:
+        try:
+            cluster.set_partitioned(pod, None)
+            print(f"pod/{pod} unlabelled ({c.PARTITIONED_LABEL})")
+        except Exception as e:  # KubeError; reported, the others are still tried
+            failed.append(f"{pod}: {e}")
     for name in names:
         try:
             cluster.delete_policy(name)
@@ -305,7 +312,7 @@ def cmd_cleanup(args: argparse.Namespace, cluster: Any, reader: Any) -> int:
             failed.append(f"{name}: {e}")
     for line in failed:
         print(f"{PROG} cleanup: {line}", file=sys.stderr)
-    if not names:
+    if not names and not labelled:
         print(f"nothing of kubectl-rloop left for {args.name} in {cluster.namespace}")
     return EXIT_FAILED if failed else EXIT_OK
 

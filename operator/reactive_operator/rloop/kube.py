@@ -237,6 +237,38 @@ class Cluster:
         except urllib3.exceptions.HTTPError as e:
             raise KubeError(f"cannot reach the API server: {e}") from None
 
+    def set_partitioned(self, name: str, run: str | None) -> bool:
+        """Label the pod `name` as cut off by the run `run` (None: remove the label);
+        False if there is no such pod. A merge patch of that one label."""
+        try:
+            self.core.patch_namespaced_pod(
+                name,
+                self.namespace,
+                {"metadata": {"labels": {c.PARTITIONED_LABEL: run}}},
+                _request_timeout=self.timeout,
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise KubeError(f"cannot label pod {name!r}: {_message(e)}") from None
+        except urllib3.exceptions.HTTPError as e:
+            raise KubeError(f"cannot reach the API server: {e}") from None
+        return True
+
+    def partitioned(self, loop: str, run: str | None = None) -> list[str]:
+        """The loop's node pods that carry the partition label of `run` (None: any run's)."""
+        label = c.PARTITIONED_LABEL if run is None else f"{c.PARTITIONED_LABEL}={run}"
+        selector = f"{c.LOOP_LABEL}={loop},{c.COMPONENT_LABEL}={c.NODE_COMPONENT},{label}"
+        try:
+            found = self.core.list_namespaced_pod(
+                self.namespace, label_selector=selector, _request_timeout=self.timeout
+            )
+        except ApiException as e:
+            raise KubeError(f"cannot list the pods of {loop!r}: {_message(e)}") from None
+        except urllib3.exceptions.HTTPError as e:
+            raise KubeError(f"cannot reach the API server: {e}") from None
+        return sorted(str(self._json(p)["metadata"]["name"]) for p in found.items or [])
+
     def create_policy(self, body: Mapping[str, Any]) -> None:
         policy = client.V1NetworkPolicy.from_dict(dict(body))
         assert policy is not None
