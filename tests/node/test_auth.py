@@ -1,5 +1,5 @@
 """Signed round trips without HTTP: what is signed, the replay rules, the keyring
-and its files (reactive_node.auth; docs/node.md "Signed round trips")."""
+and its files (reactive_node.core.auth; docs/node.md "Signed round trips")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reactive_node import auth, contract
+from reactive_node.core import auth, contract
 
 WINDOW = contract.SIGNATURE_WINDOW_SECONDS
 NOW = 1_800_000_000.0

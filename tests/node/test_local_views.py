@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reactive_node import contract
-from reactive_node.local import (
+from reactive_node.core import contract
+from reactive_node.local.supervisor import (
     NodeView,
     RunFile,
     RunFileError,

@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from node.nodesupport import eventually
-from reactive_node import contract
-from reactive_node.store import Snapshot, StoreConflict, StoreError
-from reactive_node.store_pod import (
+from reactive_node.core import contract
+from reactive_node.runtime.store import Snapshot, StoreConflict, StoreError
+from reactive_node.runtime.store_pod import (
     BODY_CHARS,
     KubeClient,
     KubeConfigError,

@@ -72,7 +72,7 @@ class Context:
     """Ordinal of the peer of this round trip, when known: the one the node is
     about to round-trip to (`tick`), that answered (`react`), that sent the
     request (`respond`)."""
-    # What the protocol core (reactive_node.protocol) remembers between round
+    # What the protocol core (reactive_node.core.protocol) remembers between round
     # trips, on this node's monotonic clock; only the token uses them.
     quiet: float = math.inf
     """Seconds since this node last had news of any token."""

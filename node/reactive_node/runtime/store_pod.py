@@ -33,8 +33,8 @@ from typing import Any, Final
 
 import aiohttp
 
-from . import contract
-from .backoff import Backoff
+from ..core import contract
+from ..core.backoff import Backoff
 from .store import Snapshot, StoreConflict, StoreError, parse_replicas
 
 log = logging.getLogger(__name__)

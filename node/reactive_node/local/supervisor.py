@@ -32,12 +32,12 @@ from typing import Any, TextIO
 import aiohttp
 from aiohttp import web
 
-from reactive_node import auth, codec, contract
-from reactive_node.codec import decode_state
-from reactive_node.store import write_atomically
+from reactive_node.core import auth, codec, contract
+from reactive_node.core.codec import decode_state
+from reactive_node.runtime.store import write_atomically
 
 RUN_FILE = "run.json"
-#: `run --faults`: the fault switch the nodes re-read (reactive_node.faults).
+#: `run --faults`: the fault switch the nodes re-read (reactive_node.runtime.faults).
 FAULTS_FILE = "faults.json"
 #: Held (flock) by the supervisor of the state dir for its whole life.
 SUPERVISOR_LOCK = "supervisor.lock"
@@ -61,7 +61,7 @@ TIMELINE_POINTS = 900
 TIMELINE_EVENTS = 300
 #: The supervisor reads each node's /v1/history every this many polls (view only).
 HISTORY_EVERY_POLLS = 4
-#: Decision kinds the timeline shows (reactive_node.history.DECISIONS).
+#: Decision kinds the timeline shows (reactive_node.core.history.DECISIONS).
 TIMELINE_DECISIONS = ("adopt", "regenerate", "acquire", "release")
 
 
@@ -491,7 +491,7 @@ def node_environment(options: RunOptions, ordinal: int, addresses: Sequence[str]
 def node_settings(env: Mapping[str, str]) -> dict[str, Any]:
     """The timings a node started with `env` runs with (empty if its config is bad:
     the node then refuses to start and says why)."""
-    from reactive_node.config import ConfigError, load_config
+    from reactive_node.runtime.config import ConfigError, load_config
 
     try:
         config = load_config(None, env)
@@ -857,7 +857,7 @@ class Supervisor:
     def _read_links(self) -> None:
         if self.faults_path is None:
             return
-        from reactive_node.faults import parse_faults
+        from reactive_node.runtime.faults import parse_faults
 
         with contextlib.suppress(OSError, ValueError):
             self.timeline.links(time.time(), parse_faults(self.faults_path.read_bytes()))
@@ -942,7 +942,7 @@ class Supervisor:
             return 1
         with lock:
             if self.faults_path is not None:  # every run starts with every link up
-                from reactive_node.faults import encode_faults
+                from reactive_node.runtime.faults import encode_faults
 
                 write_atomically(self.faults_path, encode_faults(()).decode())
             if self.options.auth:
@@ -968,7 +968,7 @@ class Supervisor:
         final_table = ""
         try:
             if self.options.view_port is not None:
-                from reactive_node.view import create_view_app
+                from reactive_node.local.web import create_view_app
 
                 app = create_view_app(
                     lambda: view_model(

@@ -24,11 +24,11 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from . import contract
-from .auth import KeyFiles
-from .backoff import Backoff
-from .behaviors import Behavior, load_behavior
-from .codec import encode
+from ..core import contract
+from ..core.auth import KeyFiles
+from ..core.backoff import Backoff
+from ..core.behaviors import Behavior, load_behavior
+from ..core.codec import encode
 from .config import NodeConfig
 from .decision import DecisionFile
 from .faults import FaultSwitch, peer_urls, sender_of

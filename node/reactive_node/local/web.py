@@ -22,7 +22,9 @@ _ASSETS = {"/view.js": "application/javascript", "/view.css": "text/css"}
 
 
 def _asset(name: str) -> str:
-    return resources.files("reactive_node").joinpath("static", name).read_text(encoding="utf-8")
+    return (
+        resources.files("reactive_node.local").joinpath("static", name).read_text(encoding="utf-8")
+    )
 
 
 async def _page(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from .contract import MAX_REPLICAS
+from ..core.contract import MAX_REPLICAS
 
 #: A state file larger than this is not read (an annotation cannot be larger either).
 MAX_STATE_FILE_BYTES = 256 * 1024

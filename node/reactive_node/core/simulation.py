@@ -28,11 +28,11 @@ import random
 from collections.abc import Callable, Generator
 from typing import Any
 
-from reactive_node import contract, history
-from reactive_node.backoff import Backoff
-from reactive_node.behaviors import Behavior, Settings, State
-from reactive_node.codec import encode, make_request
-from reactive_node.protocol import (
+from reactive_node.core import contract, history
+from reactive_node.core.backoff import Backoff
+from reactive_node.core.behaviors import Behavior, Settings, State
+from reactive_node.core.codec import encode, make_request
+from reactive_node.core.protocol import (
     Counted,
     Effect,
     Epoch,
@@ -44,7 +44,7 @@ from reactive_node.protocol import (
     Send,
     leased,
 )
-from reactive_node.topology import PeerPicker, TopologyName
+from reactive_node.core.topology import PeerPicker, TopologyName
 
 LOOP = "sim"
 
