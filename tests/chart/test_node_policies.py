@@ -40,8 +40,9 @@ from prometheus_client import CollectorRegistry
 from reactive_node.core import contract as c
 from reactive_node.runtime.app import NODE_KEY, create_app
 from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.kube import KubeClient
 from reactive_node.runtime.node import Node
-from reactive_node.runtime.store_pod import KubeClient, PodStore
+from reactive_node.runtime.pod_store import PodStore
 from reactive_operator import builders, config
 from reactive_operator.builders import NodeDefaults, Owner
 from reactive_operator.spec import parse_spec

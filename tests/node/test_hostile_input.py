@@ -40,8 +40,8 @@ from reactive_node.core.codec import decode_state, encode_state
 from reactive_node.runtime.config import NodeConfig
 from reactive_node.runtime.metrics import NodeMetrics
 from reactive_node.runtime.node import Node
+from reactive_node.runtime.pod_store import _snapshot
 from reactive_node.runtime.store import FileStore, MemoryStore, parse_replicas
-from reactive_node.runtime.store_pod import _snapshot
 
 MAX_INT = contract.MAX_STATE_INT
 FIXTURE_OK = settings(

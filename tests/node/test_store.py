@@ -23,10 +23,11 @@ from reactive_node.core import contract
 from reactive_node.core.codec import encode_state
 from reactive_node.runtime.app import NODE_KEY, create_app
 from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.kube import KubeClient
 from reactive_node.runtime.metrics import NodeMetrics
 from reactive_node.runtime.node import Node
+from reactive_node.runtime.pod_store import PodStore
 from reactive_node.runtime.store import FileStore, StoreConflict, StoreError
-from reactive_node.runtime.store_pod import KubeClient, PodStore
 
 NS = "loops"
 POD = "demo-1"

@@ -34,10 +34,11 @@ from reactive_node.core.behaviors.base import canonical
 from reactive_node.core.codec import encode_state
 from reactive_node.runtime.app import NODE_KEY, create_app
 from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.kube import KubeClient
 from reactive_node.runtime.metrics import NodeMetrics
 from reactive_node.runtime.node import Node
+from reactive_node.runtime.pod_store import PodStore, _snapshot
 from reactive_node.runtime.store import MemoryStore, Snapshot, StoreError
-from reactive_node.runtime.store_pod import KubeClient, PodStore, _snapshot
 
 NS = "loops"
 POD = "demo-1"

@@ -15,8 +15,8 @@ from reactive_node.core.codec import encode, make_request
 from reactive_node.runtime.config import NodeConfig
 from reactive_node.runtime.metrics import NodeMetrics
 from reactive_node.runtime.node import Node, Outcome
+from reactive_node.runtime.pod_store import _snapshot
 from reactive_node.runtime.store import MemoryStore
-from reactive_node.runtime.store_pod import _snapshot
 
 STATE = '{"generation":4,"target":"kept"}'
 

@@ -34,7 +34,7 @@ def make_store(config: NodeConfig) -> StateStore:
         assert config.state_dir is not None
         return FileStore(config.state_dir / f"{config.node}.json", poll_interval=config.interval)
     if config.store == "pod":
-        from .store_pod import PodStore
+        from .pod_store import PodStore
 
         assert config.namespace is not None
         return PodStore(config.namespace, config.pod)
