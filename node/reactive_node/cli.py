@@ -188,7 +188,7 @@ def _count(text: str) -> int:
 
 
 def _chaos(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from reactive_node.local import chaos, supervisor
+    from reactive_node.local import chaos, runfile
 
     flags = args.duration is not None or args.kill or args.pause or args.partition
     if args.scenario is not None and flags:
@@ -200,8 +200,8 @@ def _chaos(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if args.duration is None:
                 parser.error("give --scenario FILE or --duration S")
             try:
-                nodes = len(supervisor.read_run_file(args.state_dir).addresses)
-            except supervisor.RunFileError as e:
+                nodes = len(runfile.read_run_file(args.state_dir).addresses)
+            except runfile.RunFileError as e:
                 parser.error(str(e))
             scenario = chaos.scenario_from_flags(
                 args.duration, args.kill, args.pause, args.partition, args.seed, nodes
@@ -248,11 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from reactive_node.core import auth
-    from reactive_node.local import supervisor
+    from reactive_node.local import inject, runfile, supervisor
 
     if args.command == "run":
         _check_run(parser, args)
-        options = supervisor.RunOptions(
+        options = runfile.RunOptions(
             nodes=args.nodes,
             behavior=args.behavior,
             topology=args.topology,
@@ -276,12 +276,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         else:
             state_dir = args.state_dir or DEFAULT_STATE_DIR
             try:
-                addresses = supervisor.read_run_file(state_dir).addresses
-            except supervisor.RunFileError as e:
+                addresses = runfile.read_run_file(state_dir).addresses
+            except runfile.RunFileError as e:
                 parser.error(str(e))
         key_file: Path | None = args.hmac_key_file
         if key_file is None and state_dir is not None:
-            primary = supervisor.key_files(state_dir)[0]
+            primary = runfile.key_files(state_dir)[0]
             key_file = primary if primary.exists() else None
         keys = None
         if key_file is not None:
@@ -290,7 +290,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             except auth.BadKey as e:
                 parser.error(str(e))
         return asyncio.run(
-            supervisor.set_target_command(
+            inject.set_target_command(
                 args.target,
                 addresses,
                 request_timeout=args.timeout,

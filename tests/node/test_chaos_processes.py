@@ -16,7 +16,8 @@ import pytest
 from node.test_local_processes import SCRIPT
 from node.test_local_processes import eventually as poll
 from reactive_node.core import contract
-from reactive_node.local.supervisor import free_ports, read_run_file
+from reactive_node.local.runfile import read_run_file
+from reactive_node.local.supervisor import free_ports
 
 NODES = 5
 T = TypeVar("T")

@@ -26,7 +26,7 @@ import pytest
 from node.test_local_processes import SCRIPT
 from node.test_local_processes import eventually as poll
 from reactive_node.core import auth, contract
-from reactive_node.local.supervisor import key_files, read_run_file
+from reactive_node.local.runfile import key_files, read_run_file
 
 NODES = 4
 T = TypeVar("T")

@@ -331,7 +331,7 @@ def local_loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_every_node_records_the_adoption_of_an_injected_target(local_loop: Path) -> None:
-    from reactive_node.local.supervisor import read_run_file
+    from reactive_node.local.runfile import read_run_file
 
     addresses = read_run_file(local_loop).addresses
     eventually(lambda: all((s := state_of(a)) and s.get("ready") for a in addresses), "ready", 60)

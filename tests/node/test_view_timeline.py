@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from node.test_view import dump_dom, model, serve
-from reactive_node.local.supervisor import TIMELINE_EVENTS, NodeView, Timeline
+from reactive_node.local.views import TIMELINE_EVENTS, NodeView, Timeline
 from reactive_node.local.web import create_view_app
 
 

@@ -34,7 +34,7 @@ import msgspec
 
 from reactive_node.core import auth, contract, history, timeline, verdict
 from reactive_node.core.behaviors.base import canonical
-from reactive_node.local import supervisor
+from reactive_node.local import inject, runfile
 from reactive_node.runtime.faults import encode_faults
 from reactive_node.runtime.store import write_atomically
 
@@ -254,10 +254,10 @@ class Options:
 
 
 class Chaos:
-    def __init__(self, options: Options, run: supervisor.RunFile) -> None:
+    def __init__(self, options: Options, run: runfile.RunFile) -> None:
         self.options = options
         self.loop = run
-        self.names = [supervisor.node_name(run.loop, i) for i in range(len(run.addresses))]
+        self.names = [runfile.node_name(run.loop, i) for i in range(len(run.addresses))]
         self.collector = _Collector(self.names, list(run.addresses))
         self.faults: list[verdict.Fault] = []
         self.injections: list[verdict.Injection] = []
@@ -281,8 +281,8 @@ class Chaos:
 
     def _pid(self, ordinal: int) -> int | None:
         try:
-            pid = supervisor.read_run_file(self.options.state_dir).pids[ordinal]
-        except (supervisor.RunFileError, IndexError):
+            pid = runfile.read_run_file(self.options.state_dir).pids[ordinal]
+        except (runfile.RunFileError, IndexError):
             return None
         return pid if pid is not None and _is_node_process(pid) else None
 
@@ -375,9 +375,9 @@ class Chaos:
 
     async def _inject(self, number: int) -> None:
         target = {"chaos": number, "seed": self.options.scenario.seed, "at": round(time.time(), 3)}
-        counter = self.options.state_dir / supervisor.GENERATION_FILE
+        counter = self.options.state_dir / inject.GENERATION_FILE
         at = time.time()
-        result = await supervisor.set_target(
+        result = await inject.set_target(
             target,
             self.loop.addresses,
             request_timeout=REQUEST_TIMEOUT,
@@ -408,7 +408,7 @@ class Chaos:
 
     async def run(self) -> dict[str, Any]:
         scenario = self.options.scenario
-        primary = supervisor.key_files(self.options.state_dir)[0]
+        primary = runfile.key_files(self.options.state_dir)[0]
         if primary.exists():
             self.keys = auth.load_keyring(primary)
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
@@ -518,14 +518,14 @@ async def chaos_command(
 ) -> int:
     """Run `scenario` against the loop of `state_dir`; print the verdict; exit status."""
     try:
-        run = supervisor.read_run_file(state_dir)
+        run = runfile.read_run_file(state_dir)
         validate(scenario, len(run.addresses))
         if any(isinstance(f, Partition) for f in scenario.faults) and run.faults is None:
             raise ScenarioError(
                 "a partition needs the loop's fault switch:"
                 " start it with `reactive-loop run --faults`"
             )
-    except (supervisor.RunFileError, ScenarioError) as e:
+    except (runfile.RunFileError, ScenarioError) as e:
         print(f"reactive-loop chaos: {e}", file=sys.stderr)
         return EXIT_USAGE
     stamp = time.strftime("%Y%m%dT%H%M%S")
