@@ -235,8 +235,6 @@ class Supervisor:
                 view.state, view.error = body, None
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
                 view.error = type(e).__name__
-            finally:
-                view.polled_at = time.time()
 
         await asyncio.gather(*(one(v) for v in self.views))
 

@@ -37,7 +37,6 @@ class NodeView:
     restarts: int = 0
     state: Mapping[str, Any] | None = None  # the last good /v1/state body
     error: str | None = None  # why the last poll failed, if it did
-    polled_at: float | None = None
 
     @property
     def reachable(self) -> bool:
