@@ -249,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from reactive_node.core import auth
     from reactive_node.local import inject, runfile, supervisor
+    from reactive_node.runtime import keyfiles
 
     if args.command == "run":
         _check_run(parser, args)
@@ -286,7 +287,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         keys = None
         if key_file is not None:
             try:
-                keys = auth.load_keyring(key_file)
+                keys = keyfiles.load_keyring(key_file)
             except auth.BadKey as e:
                 parser.error(str(e))
         return asyncio.run(

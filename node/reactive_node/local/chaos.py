@@ -35,6 +35,7 @@ import msgspec
 from reactive_node.core import auth, contract, history, timeline, verdict
 from reactive_node.core.behaviors.base import canonical
 from reactive_node.local import inject, runfile
+from reactive_node.runtime import keyfiles
 from reactive_node.runtime.faults import encode_faults
 from reactive_node.runtime.store import write_atomically
 
@@ -410,7 +411,7 @@ class Chaos:
         scenario = self.options.scenario
         primary = runfile.key_files(self.options.state_dir)[0]
         if primary.exists():
-            self.keys = auth.load_keyring(primary)
+            self.keys = keyfiles.load_keyring(primary)
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             deadline = time.monotonic() + READY_DEADLINE

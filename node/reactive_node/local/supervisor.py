@@ -44,6 +44,7 @@ from reactive_node.local.runfile import (
     write_run_file,
 )
 from reactive_node.local.views import NodeView, Timeline, build_summary, render_table, view_model
+from reactive_node.runtime import keyfiles
 from reactive_node.runtime.store import write_atomically
 
 #: Held (flock) by the supervisor of the state dir for its whole life.
@@ -70,7 +71,7 @@ def ensure_keys(state_dir: Path) -> auth.Keyring:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(text)
-    return auth.load_keyring(primary, accepted)
+    return keyfiles.load_keyring(primary, accepted)
 
 
 def node_environment(options: RunOptions, ordinal: int, addresses: Sequence[str]) -> dict[str, str]:

@@ -25,13 +25,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..core import contract
-from ..core.auth import KeyFiles
 from ..core.backoff import Backoff
 from ..core.behaviors import Behavior, load_behavior
 from ..core.codec import encode
 from .config import NodeConfig
 from .decision import DecisionFile
 from .faults import FaultSwitch, peer_urls, sender_of
+from .keyfiles import KeyFiles
 from .metrics import NodeMetrics
 from .node import ERROR_DETAIL_CHARS, Node, Outcome, Reply, Transport
 from .store import StateStore, StoreError

@@ -39,6 +39,7 @@ from ..core.protocol import (
 from ..core.topology import PeerPicker
 from .config import NodeConfig
 from .decision import DecisionFile
+from .keyfiles import KeyFiles
 from .metrics import NodeMetrics
 from .store import Snapshot, StateStore, StoreConflict, StoreError
 
@@ -93,7 +94,7 @@ class Node:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         token_listener: TokenListener | None = None,
-        keys: auth.KeyFiles | None = None,
+        keys: KeyFiles | None = None,
         decision: DecisionFile | None = None,
     ) -> None:
         self.config = config

@@ -19,10 +19,11 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ..core.auth import BadKey, load_keyring
+from ..core.auth import BadKey
 from ..core.behaviors import BehaviorLoadError, load_behavior
 from .app import NodeRunner, create_app
 from .config import ConfigError, NodeConfig, load_config
+from .keyfiles import load_keyring
 from .store import FileStore, MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
