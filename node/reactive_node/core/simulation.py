@@ -2,7 +2,7 @@
 
 Used by the property tests (and usable by benchmarks); pure, no I/O. It keeps
 no copy of a rule: every node is a `protocol.NodeCore`, the very object the
-HTTP node (`node.py`) drives, and the simulation only carries out its effects
+HTTP node (`runtime/node.py`) drives, and the simulation only carries out its effects
 as the node's shell does: it persists a decision by keeping it, puts the
 encoded bodies on a simulated network, hands back each `Outcome` (an answer,
 an error answer, or a timeout), and re-checks the acting holder when asked.
