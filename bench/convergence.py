@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from reactive_node.behaviors import Context, Converge, State
-from reactive_node.topology import PeerPicker, TopologyName
+from reactive_node.core.topology import PeerPicker, TopologyName
 
 SIZES = (10, 30, 100, 300, 1000, 3000, 10_000)
 MESH_SEEDS = 5

@@ -14,7 +14,7 @@ The rig:
   binds each of them at the node port the operator asks (contract
   DEFAULT_PORT).
 * Each stand-in is a real node in memory mode: the node's own HTTP app
-  (`reactive_node.app.create_app`, served by `NodeRunner`) around a `Node`
+  (`reactive_node.runtime.app.create_app`, served by `NodeRunner`) around a `Node`
   whose memory store holds the loop's target at generation 1, looping with
   its peers at their stand-in addresses (every `--node-interval` seconds, so
   that a thousand of them leave CPU for the rest). So every `/v1/state`
@@ -79,12 +79,12 @@ from aiohttp import web
 from kubernetes_asyncio import client, config
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from reactive_node import contract as c
-from reactive_node.app import NodeRunner, create_app
-from reactive_node.codec import encode_state
-from reactive_node.config import make_config
-from reactive_node.server import event_loop_factory
-from reactive_node.store import MemoryStore
+from reactive_node.core import contract as c
+from reactive_node.core.codec import encode_state
+from reactive_node.runtime.app import NodeRunner, create_app
+from reactive_node.runtime.config import make_config
+from reactive_node.runtime.server import event_loop_factory
+from reactive_node.runtime.store import MemoryStore
 
 if TYPE_CHECKING:
     from localcluster import Cluster

@@ -5,7 +5,7 @@ node process per node, file store, HTTP on 127.0.0.1) in a scratch state
 dir, the node's default timings (`--interval` 1 s). Once every node is
 looping, `--injections` times: wait 1 to 2 intervals (a random pause, so that
 injections fall at random points of the nodes' loops), inject a new converge
-target the way `reactive-loop set-target` does (`reactive_node.local.set_target`:
+target the way `reactive-loop set-target` does (`reactive_node.local.inject.set_target`:
 read every node's generation, then one round trip to a node; each injection
 goes to the next node in turn), then poll `GET /v1/state` of every node that
 does not hold it yet every `--poll` seconds until all do. A node's time is
@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-from reactive_node import contract
-from reactive_node.local import RunFileError, read_run_file, set_target
+from reactive_node.core import contract
+from reactive_node.local.inject import set_target
+from reactive_node.local.runfile import RunFileError, read_run_file
 
 T = TypeVar("T")
 TOPOLOGIES = ("ring", "mesh", "star")

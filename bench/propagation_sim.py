@@ -1,6 +1,6 @@
 """Target propagation in the project's simulation: from injection until every node holds it.
 
-`reactive_node.simulation.Simulation` runs N nodes of the real protocol core
+`reactive_node.core.simulation.Simulation` runs N nodes of the real protocol core
 (`NodeCore`: peer choice, stale check, validation, the converge behaviour,
 backoff) over a simulated network (each message 1 to 200 ms, no loss), with
 the node's default timings unless told otherwise (interval 1 s, round-trip
@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from reactive_node.behaviors import Converge, Settings, State
-from reactive_node.simulation import SimNode, Simulation
-from reactive_node.topology import TOPOLOGIES, TopologyName
+from reactive_node.core.simulation import SimNode, Simulation
+from reactive_node.core.topology import TOPOLOGIES, TopologyName
 
 SIZES = (5, 10, 20, 100, 1000, 10_000)
 DEFAULT_TOPOLOGIES: tuple[TopologyName, ...] = ("ring", "mesh", "star")

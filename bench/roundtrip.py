@@ -49,15 +49,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
-from reactive_node.app import aiohttp_transport
 from reactive_node.behaviors import Converge
-from reactive_node.config import make_config
-from reactive_node.local import free_ports
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node
-from reactive_node.server import event_loop_factory
-from reactive_node.store import MemoryStore
+from reactive_node.core import contract
+from reactive_node.local.supervisor import free_ports
+from reactive_node.runtime.app import aiohttp_transport
+from reactive_node.runtime.config import make_config
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.server import event_loop_factory
+from reactive_node.runtime.store import MemoryStore
 
 LOOP = "bench"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -3,13 +3,13 @@
 One entry point with four subcommands:
 
 * `node` runs one node process (the pod entrypoint); it hands its arguments to
-  `reactive_node.server.main` untouched, so the node owns its own flags.
+  `reactive_node.runtime.server.main` untouched, so the node owns its own flags.
 * `run` starts a whole loop as local processes on 127.0.0.1 (local mode), see
   `reactive_node.local`.
 * `set-target` injects a new converge target into a running local loop by a
   round trip, the way the operator does it in a cluster.
 * `chaos` plays timed faults against a running local loop and checks the
-  invariants on the nodes' decision histories, see `reactive_node.chaos`.
+  invariants on the nodes' decision histories, see `reactive_node.local.chaos`.
 
 Every check of user input happens here, before anything starts, so bad input
 always ends the same way: one clear line on stderr and exit code 2.
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reactive_node.behaviors import Converge, InvalidState
+from reactive_node.core.behaviors import Converge, InvalidState
 
 BEHAVIORS = ("converge", "token")
 TOPOLOGIES = ("ring", "mesh", "star")
@@ -188,7 +188,7 @@ def _count(text: str) -> int:
 
 
 def _chaos(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from reactive_node import chaos, local
+    from reactive_node.local import chaos, runfile
 
     flags = args.duration is not None or args.kill or args.pause or args.partition
     if args.scenario is not None and flags:
@@ -200,8 +200,8 @@ def _chaos(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if args.duration is None:
                 parser.error("give --scenario FILE or --duration S")
             try:
-                nodes = len(local.read_run_file(args.state_dir).addresses)
-            except local.RunFileError as e:
+                nodes = len(runfile.read_run_file(args.state_dir).addresses)
+            except runfile.RunFileError as e:
                 parser.error(str(e))
             scenario = chaos.scenario_from_flags(
                 args.duration, args.kill, args.pause, args.partition, args.seed, nodes
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if argv[:1] == ["node"]:
         # The node parses its own flags: pass them through untouched.
-        from reactive_node import server
+        from reactive_node.runtime import server
 
         return int(server.main(argv[1:]) or 0)
     try:
@@ -247,11 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from reactive_node import auth, local
+    from reactive_node.core import auth
+    from reactive_node.local import inject, runfile, supervisor
+    from reactive_node.runtime import keyfiles
 
     if args.command == "run":
         _check_run(parser, args)
-        options = local.RunOptions(
+        options = runfile.RunOptions(
             nodes=args.nodes,
             behavior=args.behavior,
             topology=args.topology,
@@ -265,7 +267,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             auth=args.auth,
             faults=args.faults,
         )
-        return asyncio.run(local.run(options))
+        return asyncio.run(supervisor.run(options))
     if args.command == "chaos":
         return _chaos(parser, args)
     if args.command == "set-target":
@@ -275,21 +277,21 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         else:
             state_dir = args.state_dir or DEFAULT_STATE_DIR
             try:
-                addresses = local.read_run_file(state_dir).addresses
-            except local.RunFileError as e:
+                addresses = runfile.read_run_file(state_dir).addresses
+            except runfile.RunFileError as e:
                 parser.error(str(e))
         key_file: Path | None = args.hmac_key_file
         if key_file is None and state_dir is not None:
-            primary = local.key_files(state_dir)[0]
+            primary = runfile.key_files(state_dir)[0]
             key_file = primary if primary.exists() else None
         keys = None
         if key_file is not None:
             try:
-                keys = auth.load_keyring(key_file)
+                keys = keyfiles.load_keyring(key_file)
             except auth.BadKey as e:
                 parser.error(str(e))
         return asyncio.run(
-            local.set_target_command(
+            inject.set_target_command(
                 args.target,
                 addresses,
                 request_timeout=args.timeout,

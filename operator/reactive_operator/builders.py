@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from reactive_node import codec
-from reactive_node import contract as c
+from reactive_node.core import codec
+from reactive_node.core import contract as c
 
 from .config import Labels, NodeNetwork
 from .spec import LoopSpec

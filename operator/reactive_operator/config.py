@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from reactive_node.config import allowed_host
+from reactive_node.runtime.config import allowed_host
 
 ENV_PREFIX = "RLO_"
 

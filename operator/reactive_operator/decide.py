@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 
 from . import builders
 from .builders import NodeDefaults, Owner

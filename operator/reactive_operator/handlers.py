@@ -26,7 +26,7 @@ import copy
 from typing import Any
 
 import kopf
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 
 from .kube import KubeError
 from .memo import LoopKey

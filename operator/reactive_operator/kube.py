@@ -18,7 +18,7 @@ from typing import Any
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 
 Manifest = dict[str, Any]
 _BODY_LIMIT = 300

@@ -23,7 +23,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.aiohttp import make_aiohttp_handler
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 
 from . import handlers
 from .config import ConfigError, OperatorConfig, load

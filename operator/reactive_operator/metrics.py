@@ -11,7 +11,7 @@ labelled by result too, so its `_count` is the reconciles per namespace.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 
 RECONCILE_RESULTS = ("ok", "invalid", "error")
 INJECTION_RESULTS = ("ok", "failed")

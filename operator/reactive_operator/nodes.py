@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 
 
 class NodeClient:

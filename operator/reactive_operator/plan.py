@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from reactive_node.behaviors.base import DRIFT_FACTOR, default_lease
-from reactive_node.codec import BadBody, check_bounds
+from reactive_node.core.behaviors.base import DRIFT_FACTOR, default_lease
+from reactive_node.core.codec import BadBody, check_bounds
 
 #: Largest target the operator injects, serialised as compact JSON. Pod
 #: annotations share a 256 KiB budget; a target is copied into every node's

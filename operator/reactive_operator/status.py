@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from reactive_node.contract import MAX_STATE_INT, MAX_WIRE_INT
+from reactive_node.core.contract import MAX_STATE_INT, MAX_WIRE_INT
 
 from .builders import pod_name, selector
 from .plan import PodView

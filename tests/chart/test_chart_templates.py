@@ -20,7 +20,7 @@ from chart.helmchart import (
     one,
     run_helm,
 )
-from reactive_node import contract
+from reactive_node.core import contract
 from reactive_operator import builders, config
 from reactive_operator.builders import Owner
 from reactive_operator.spec import LoopSpec, parse_spec

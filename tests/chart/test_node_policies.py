@@ -37,11 +37,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from localcluster import Cluster
 from prometheus_client import CollectorRegistry
-from reactive_node import contract as c
-from reactive_node.app import NODE_KEY, create_app
-from reactive_node.config import NodeConfig
-from reactive_node.node import Node
-from reactive_node.store_pod import KubeClient, PodStore
+from reactive_node.core import contract as c
+from reactive_node.runtime.app import NODE_KEY, create_app
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.kube import KubeClient
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.pod_store import PodStore
 from reactive_operator import builders, config
 from reactive_operator.builders import NodeDefaults, Owner
 from reactive_operator.spec import parse_spec

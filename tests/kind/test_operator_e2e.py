@@ -506,7 +506,8 @@ def test_standby_takes_over_and_the_loop_keeps_healing(
 IN_POD = """
 import json, sys, time, urllib.error, urllib.request
 from pathlib import Path
-from reactive_node import auth
+from reactive_node.core import auth
+from reactive_node.runtime import keyfiles
 
 def call(url, data=None, headers=None):
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
@@ -531,7 +532,7 @@ else:  # roundtrips: [{ip, to, sign, body, repeat}] -> statuses and details
     if args.get("key_text"):
         keys = auth.Keyring.of(args["key_text"].encode())
     elif args.get("key"):
-        keys = auth.load_keyring(Path(args["key"]))
+        keys = keyfiles.load_keyring(Path(args["key"]))
     out = []
     for rt in args["roundtrips"]:
         data = json.dumps(rt["body"]).encode()

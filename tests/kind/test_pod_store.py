@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 from kind.conftest import IMAGE_TAG
 from kind.kindcluster import Kind, condition
-from reactive_node import contract
-from reactive_node.store import StoreConflict
-from reactive_node.store_pod import KubeClient, PodStore
+from reactive_node.core import contract
+from reactive_node.runtime.kube import KubeClient
+from reactive_node.runtime.pod_store import PodStore
+from reactive_node.runtime.store import StoreConflict
 
 POD = "demo-0"
 NODE_IMAGE = f"reactive-loop-node:{IMAGE_TAG}"

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from reactive_node.local import RunFileError, read_run_file
+from reactive_node.local.runfile import RunFileError, read_run_file
 
 NAMESPACE = "local-test"
 #: The `cluster` label the scrape gives every node series (as a multi-cluster setup would).

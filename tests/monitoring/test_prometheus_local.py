@@ -26,7 +26,7 @@ from monitoring.promql import (
     split_comparison,
     variable_queries,
 )
-from reactive_node import contract
+from reactive_node.core import contract
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.processes]
 

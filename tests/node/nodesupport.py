@@ -14,11 +14,11 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 from prometheus_client import CollectorRegistry
-from reactive_node import auth, contract
-from reactive_node.app import NODE_KEY, NodeRunner, create_app
-from reactive_node.config import make_config
-from reactive_node.node import Node
-from reactive_node.store import MemoryStore
+from reactive_node.core import auth, contract
+from reactive_node.runtime.app import NODE_KEY, NodeRunner, create_app
+from reactive_node.runtime.config import make_config
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.store import MemoryStore
 
 LOOP = "test"
 #: A key long enough for a node (at least 32 bytes), and another one.

@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from node.nodesupport import KEY, LOOP, OTHER_KEY, MakeNode, NodeUnderTest, eventually, signature
 from prometheus_client import CollectorRegistry
-from reactive_node import auth, contract
 from reactive_node.behaviors import Converge
-from reactive_node.codec import encode_state
-from reactive_node.config import NodeConfig
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node
-from reactive_node.store import MemoryStore
+from reactive_node.core import auth, contract
+from reactive_node.core.codec import encode_state
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.store import MemoryStore
 
 REQUESTS = contract.M_REQUESTS
 

@@ -1,5 +1,5 @@
 """Signed round trips without HTTP: what is signed, the replay rules, the keyring
-and its files (reactive_node.auth; docs/node.md "Signed round trips")."""
+and its files (reactive_node.core.auth; docs/node.md "Signed round trips")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reactive_node import auth, contract
+from reactive_node.core import auth, contract
+from reactive_node.runtime import keyfiles
 
 WINDOW = contract.SIGNATURE_WINDOW_SECONDS
 NOW = 1_800_000_000.0
@@ -212,7 +213,7 @@ def _replace(path: Path, text: bytes) -> None:
 def test_key_files_are_re_read_when_they_change(tmp_path: Path) -> None:
     primary, accepted = tmp_path / "primary", tmp_path / "accepted"
     primary.write_bytes(b"1" * 32 + b"\n")
-    files = auth.KeyFiles(primary, accepted)  # a missing accepted file holds no key
+    files = keyfiles.KeyFiles(primary, accepted)  # a missing accepted file holds no key
     assert files.current.ids == [auth.key_id(b"1" * 32)]
     assert not files.refresh()
     _replace(accepted, b"2" * 32)  # an atomic rename, as the kubelet does

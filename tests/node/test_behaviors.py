@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reactive_node.backoff import Backoff
 from reactive_node.behaviors import (
     BehaviorLoadError,
     Context,
@@ -21,8 +20,9 @@ from reactive_node.behaviors import (
     load_behavior,
     peer_hint,
 )
-from reactive_node.behaviors.converge import merge
-from reactive_node.topology import PeerPicker
+from reactive_node.core.backoff import Backoff
+from reactive_node.core.behaviors.converge import merge
+from reactive_node.core.topology import PeerPicker
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),

@@ -12,12 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from node.nodesupport import LOOP, MakeNode, eventually
-from reactive_node import chaos, cli, contract, faults, history, timeline
-from reactive_node.app import FAULTS_KEY
-from reactive_node.behaviors.base import canonical
-from reactive_node.config import ConfigError, make_config
-from reactive_node.node import Outcome
-from reactive_node.verdict import Bounds, Fault, Injection, Observation, check
+from reactive_node import cli
+from reactive_node.core import contract, history, timeline
+from reactive_node.core.behaviors.base import canonical
+from reactive_node.core.verdict import Bounds, Fault, Injection, Observation, check
+from reactive_node.local import chaos
+from reactive_node.runtime import faults
+from reactive_node.runtime.app import FAULTS_KEY
+from reactive_node.runtime.config import ConfigError, make_config
+from reactive_node.runtime.node import Outcome
 
 NODES = ["n-0", "n-1", "n-2"]
 BOUNDS = Bounds(nodes=3, interval=0.2, timeout=0.5, max_backoff=1.0, loss_timeout=3.0, lease=1.0)

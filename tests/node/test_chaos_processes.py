@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 import pytest
 from node.test_local_processes import SCRIPT
 from node.test_local_processes import eventually as poll
-from reactive_node import contract
-from reactive_node.local import free_ports, read_run_file
+from reactive_node.core import contract
+from reactive_node.local.runfile import read_run_file
+from reactive_node.local.supervisor import free_ports
 
 NODES = 5
 T = TypeVar("T")

@@ -13,9 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from reactive_node import contract
-from reactive_node.config import SETTINGS, ConfigError, load_config
-from reactive_node.server import main
+from reactive_node.core import contract
+from reactive_node.runtime.config import SETTINGS, ConfigError, load_config
+from reactive_node.runtime.server import main
 
 
 def test_environment_then_flags() -> None:
@@ -58,7 +58,7 @@ def test_peers_list_and_file_store(tmp_path: Path) -> None:
 
 def test_every_setting_has_an_env_var_and_a_flag() -> None:
     fields = {field for field, *_ in SETTINGS}
-    from reactive_node.config import NodeConfig
+    from reactive_node.runtime.config import NodeConfig
 
     assert fields == set(NodeConfig.__struct_fields__)
     envs = [env for _, env, _, _ in SETTINGS]
@@ -169,7 +169,7 @@ def test_node_process_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         contract.ENV_PORT: str(port),
         contract.ENV_STATE_DIR: str(tmp_path),
     }
-    code = "import sys; from reactive_node.server import main; sys.exit(main())"
+    code = "import sys; from reactive_node.runtime.server import main; sys.exit(main())"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True
     )

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
 from reactive_node.behaviors import (
     Behavior,
     Context,
@@ -22,11 +21,12 @@ from reactive_node.behaviors import (
     load_behavior,
     takes_target,
 )
-from reactive_node.codec import encode, make_request
-from reactive_node.config import NodeConfig
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node
-from reactive_node.store import MemoryStore
+from reactive_node.core import contract
+from reactive_node.core.codec import encode, make_request
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.store import MemoryStore
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "custom"
 SPEC = "python:leaderboard:Leaderboard"

@@ -14,14 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from node.nodesupport import MakeNode
 from prometheus_client import CollectorRegistry
-from reactive_node import contract, decision
 from reactive_node.behaviors import Behavior, load_behavior
-from reactive_node.codec import encode, make_request
-from reactive_node.config import NodeConfig, load_config
-from reactive_node.decision import DecisionFile, decision_of
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node
-from reactive_node.store import MemoryStore
+from reactive_node.core import contract
+from reactive_node.core.codec import encode, make_request
+from reactive_node.core.decision import DECISION_VERSION, decision_of
+from reactive_node.runtime import decision
+from reactive_node.runtime.config import NodeConfig, load_config
+from reactive_node.runtime.decision import DecisionFile
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.store import MemoryStore
 
 FIELDS = {"version", "loop", "node", "behavior", "changedAt", "decision"}
 
@@ -29,7 +31,7 @@ FIELDS = {"version", "loop", "node", "behavior", "changedAt", "decision"}
 def read(path: Path) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(path.read_text("utf-8"))
     assert set(doc) == FIELDS
-    assert doc["version"] == decision.DECISION_VERSION
+    assert doc["version"] == DECISION_VERSION
     return doc
 
 

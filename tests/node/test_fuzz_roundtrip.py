@@ -32,12 +32,12 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
-from reactive_node.app import NODE_KEY, NodeRunner, create_app
-from reactive_node.config import make_config
-from reactive_node.local import free_ports
-from reactive_node.node import Node
-from reactive_node.store import MemoryStore
+from reactive_node.core import contract
+from reactive_node.local.supervisor import free_ports
+from reactive_node.runtime.app import NODE_KEY, NodeRunner, create_app
+from reactive_node.runtime.config import make_config
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.store import MemoryStore
 
 pytestmark = pytest.mark.fuzz
 

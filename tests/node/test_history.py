@@ -15,15 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from node.nodesupport import LOOP, MakeNode
 from prometheus_client import CollectorRegistry
-from reactive_node import contract, history
 from reactive_node.behaviors import load_behavior
-from reactive_node.behaviors.base import canonical
-from reactive_node.codec import encode, make_request
-from reactive_node.config import NodeConfig
-from reactive_node.history import History, RoundTrip
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node, Outcome
-from reactive_node.store import MemoryStore
+from reactive_node.core import contract, history
+from reactive_node.core.behaviors.base import canonical
+from reactive_node.core.codec import encode, make_request
+from reactive_node.core.history import History, RoundTrip
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node, Outcome
+from reactive_node.runtime.store import MemoryStore
 
 RT = RoundTrip("demo-1", "initiator", 1, 1, 0.0, history.digest(b"{}"))
 

@@ -34,14 +34,14 @@ from node.nodesupport import (
     signature,
 )
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
 from reactive_node.behaviors import Context, Converge, InvalidState, Token
-from reactive_node.codec import decode_state, encode_state
-from reactive_node.config import NodeConfig
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node
-from reactive_node.store import FileStore, MemoryStore, parse_replicas
-from reactive_node.store_pod import _snapshot
+from reactive_node.core import contract
+from reactive_node.core.codec import decode_state, encode_state
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.pod_store import _snapshot
+from reactive_node.runtime.store import FileStore, MemoryStore, parse_replicas
 
 MAX_INT = contract.MAX_STATE_INT
 FIXTURE_OK = settings(

@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 import pytest
 from node.test_local_processes import SCRIPT
 from node.test_local_processes import eventually as poll
-from reactive_node import auth, contract
-from reactive_node.local import key_files, read_run_file
+from reactive_node.core import auth, contract
+from reactive_node.local.runfile import key_files, read_run_file
+from reactive_node.runtime import keyfiles
 
 NODES = 4
 T = TypeVar("T")
@@ -159,7 +160,7 @@ def test_run_auth_makes_a_private_key_and_every_node_signs(loop: Loop) -> None:
     primary, accepted = key_files(loop.state_dir)
     assert primary.stat().st_mode & 0o077 == 0
     assert accepted.read_text() == ""
-    keyid = auth.load_keyring(primary).primary_id
+    keyid = keyfiles.load_keyring(primary).primary_id
     assert loop.all_know(keyid, primary=True)
     # An unsigned round trip is refused; the loop itself is never.
     address = loop.addresses[0]
@@ -235,7 +236,7 @@ def test_rotation_causes_no_unauthorized_wait(loop: Loop) -> None:
 
 
 def test_replays_are_refused_across_nodes_and_restarts(loop: Loop) -> None:
-    keys = auth.load_keyring(key_files(loop.state_dir)[0])
+    keys = keyfiles.load_keyring(key_files(loop.state_dir)[0])
     states = loop.states()
     assert states[1] is not None
     generation = states[1]["state"]["generation"]

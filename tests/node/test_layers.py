@@ -19,4 +19,8 @@ def test_import_contracts_are_kept() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "The node never imports the operator KEPT" in proc.stdout
-    assert "Only store_pod talks to Kubernetes in the node KEPT" in proc.stdout
+    assert "Only the operator's kube module imports kubernetes_asyncio KEPT" in proc.stdout
+    assert (
+        "The node's layers: the CLI over local mode over the runtime over the pure core KEPT"
+        in (proc.stdout)
+    )

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
-from reactive_node.app import NODE_KEY, create_app
-from reactive_node.codec import encode_state
-from reactive_node.config import make_config
-from reactive_node.local import GENERATION_FILE, free_ports, set_target
-from reactive_node.store import MemoryStore
+from reactive_node.core import contract
+from reactive_node.core.codec import encode_state
+from reactive_node.local.inject import GENERATION_FILE, set_target
+from reactive_node.local.supervisor import free_ports
+from reactive_node.runtime.app import NODE_KEY, create_app
+from reactive_node.runtime.config import make_config
+from reactive_node.runtime.store import MemoryStore
 
 
 async def start(app: web.Application, port: int) -> web.AppRunner:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from reactive_node import contract
-from reactive_node.local import free_ports, read_run_file
+from reactive_node.core import contract
+from reactive_node.local.runfile import read_run_file
+from reactive_node.local.supervisor import free_ports
 
 NODES = 5
 SCRIPT = str(Path(sys.executable).with_name("reactive-loop"))

@@ -9,18 +9,14 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reactive_node import contract
-from reactive_node.local import (
+from reactive_node.core import contract
+from reactive_node.local.inject import injected_state
+from reactive_node.local.runfile import RunFile, RunFileError, RunOptions, read_run_file
+from reactive_node.local.supervisor import free_ports, node_environment
+from reactive_node.local.views import (
     NodeView,
-    RunFile,
-    RunFileError,
-    RunOptions,
     build_summary,
-    free_ports,
-    injected_state,
     is_converged,
-    node_environment,
-    read_run_file,
     render_table,
     view_model,
 )

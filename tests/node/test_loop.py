@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from node.nodesupport import MakeNode, NodeUnderTest, eventually
-from reactive_node import contract
-from reactive_node.app import SESSION_KEY, aiohttp_transport
+from reactive_node.core import contract
+from reactive_node.runtime.app import SESSION_KEY, aiohttp_transport
 
 
 def free_port() -> int:

@@ -28,8 +28,10 @@ from typing import Any, TypeVar
 import pytest
 from node.test_local_processes import SCRIPT, state_of
 from node.test_local_processes import eventually as poll
-from reactive_node import contract
-from reactive_node.local import GENERATION_FILE, free_ports, read_run_file
+from reactive_node.core import contract
+from reactive_node.local.inject import GENERATION_FILE
+from reactive_node.local.runfile import read_run_file
+from reactive_node.local.supervisor import free_ports
 
 NODES = 3
 T = TypeVar("T")

@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reactive_node import contract
-from reactive_node.backoff import Backoff
 from reactive_node.behaviors import Behavior, Converge, Settings, State, Token
-from reactive_node.behaviors.token import V1_FIELDS
-from reactive_node.codec import (
+from reactive_node.core import contract
+from reactive_node.core.backoff import Backoff
+from reactive_node.core.behaviors.token import V1_FIELDS
+from reactive_node.core.codec import (
     RoundTripRequest,
     RoundTripResponse,
     decode_request,
     encode,
     make_request,
 )
-from reactive_node.protocol import (
+from reactive_node.core.protocol import (
     Counted,
     Effect,
     NodeCore,
@@ -38,8 +38,8 @@ from reactive_node.protocol import (
     Send,
     judge,
 )
-from reactive_node.simulation import Simulation
-from reactive_node.topology import PeerPicker
+from reactive_node.core.simulation import Simulation
+from reactive_node.core.topology import PeerPicker
 
 PACKAGE = Path(__file__).resolve().parents[2] / "node" / "reactive_node"
 SETTINGS = Settings(interval=1.0, token_hold=3.0, token_loss_timeout=12.0, token_lease=3.0)
@@ -332,13 +332,13 @@ RULES = {
 
 
 def test_the_simulation_keeps_no_copy_of_a_rule() -> None:
-    assert not calls("simulation.py") & RULES
+    assert not calls("core/simulation.py") & RULES
 
 
 def test_the_node_shell_leaves_the_round_trip_to_the_core() -> None:
     # `respond` and `validate`: the injected target of a pod annotation, an input
     # the shell merges like a responder (not a round trip).
-    assert not calls("node.py") & (RULES - {"respond", "validate"})
+    assert not calls("runtime/node.py") & (RULES - {"respond", "validate"})
 
 
 def test_the_node_and_the_simulation_drive_the_same_core() -> None:

@@ -33,9 +33,9 @@ from typing import Any
 
 import pytest
 from node.test_local_processes import SCRIPT, eventually, http, state_of
-from reactive_node import contract, history
-from reactive_node.behaviors.base import canonical
-from reactive_node.local import free_ports
+from reactive_node.core import contract, history
+from reactive_node.core.behaviors.base import canonical
+from reactive_node.local.supervisor import free_ports
 
 V1_ARCHIVE = Path(__file__).parent / "fixtures" / "wire_v1" / "node-v1.tar.gz"
 """`git archive 2be2cff node | gzip -9n`: the node code of the last version 1
@@ -331,7 +331,7 @@ def local_loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_every_node_records_the_adoption_of_an_injected_target(local_loop: Path) -> None:
-    from reactive_node.local import read_run_file
+    from reactive_node.local.runfile import read_run_file
 
     addresses = read_run_file(local_loop).addresses
     eventually(lambda: all((s := state_of(a)) and s.get("ready") for a in addresses), "ready", 60)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactive_node.behaviors import Converge, State
-from reactive_node.contract import MAX_STATE_INT
-from reactive_node.simulation import Faults, SimNode, Simulation
+from reactive_node.core.contract import MAX_STATE_INT
+from reactive_node.core.simulation import Faults, SimNode, Simulation
 
 faults = st.builds(
     Faults,

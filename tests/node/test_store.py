@@ -18,15 +18,16 @@ from aiohttp.test_utils import TestClient, TestServer
 from node.kubeemulator import PODS, ResourceVersionEmulator, pod
 from node.nodesupport import eventually
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
-from reactive_node.app import NODE_KEY, create_app
 from reactive_node.behaviors import Converge
-from reactive_node.codec import encode_state
-from reactive_node.config import NodeConfig
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node
-from reactive_node.store import FileStore, StoreConflict, StoreError
-from reactive_node.store_pod import KubeClient, PodStore
+from reactive_node.core import contract
+from reactive_node.core.codec import encode_state
+from reactive_node.runtime.app import NODE_KEY, create_app
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.kube import KubeClient
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.pod_store import PodStore
+from reactive_node.runtime.store import FileStore, StoreConflict, StoreError
 
 NS = "loops"
 POD = "demo-1"

@@ -17,17 +17,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from node.nodesupport import eventually
-from reactive_node import contract
-from reactive_node.store import Snapshot, StoreConflict, StoreError
-from reactive_node.store_pod import (
+from reactive_node.core import contract
+from reactive_node.runtime.kube import (
     BODY_CHARS,
     KubeClient,
     KubeConfigError,
     KubeConflict,
     KubeStatusError,
     KubeUnreachable,
-    PodStore,
 )
+from reactive_node.runtime.pod_store import PodStore
+from reactive_node.runtime.store import Snapshot, StoreConflict, StoreError
 
 NS, POD = "loops", "demo-1"
 POD_PATH = f"/api/v1/namespaces/{NS}/pods/{POD}"

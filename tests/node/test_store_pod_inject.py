@@ -28,16 +28,17 @@ from kmock._internal.k8s import KubernetesObjectConflictError
 from node.kubeemulator import PODS, ResourceVersionEmulator, pod
 from node.nodesupport import eventually
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
-from reactive_node.app import NODE_KEY, create_app
 from reactive_node.behaviors import Behavior, Converge, load_behavior
-from reactive_node.behaviors.base import canonical
-from reactive_node.codec import encode_state
-from reactive_node.config import NodeConfig
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node
-from reactive_node.store import MemoryStore, Snapshot, StoreError
-from reactive_node.store_pod import KubeClient, PodStore, _snapshot
+from reactive_node.core import contract
+from reactive_node.core.behaviors.base import canonical
+from reactive_node.core.codec import encode_state
+from reactive_node.runtime.app import NODE_KEY, create_app
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.kube import KubeClient
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.pod_store import PodStore, _snapshot
+from reactive_node.runtime.store import MemoryStore, Snapshot, StoreError
 
 NS = "loops"
 POD = "demo-1"

@@ -9,14 +9,14 @@ import contextlib
 
 from node.nodesupport import eventually
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
 from reactive_node.behaviors import load_behavior
-from reactive_node.codec import encode, make_request
-from reactive_node.config import NodeConfig
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node, Outcome
-from reactive_node.store import MemoryStore
-from reactive_node.store_pod import _snapshot
+from reactive_node.core import contract
+from reactive_node.core.codec import encode, make_request
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node, Outcome
+from reactive_node.runtime.pod_store import _snapshot
+from reactive_node.runtime.store import MemoryStore
 
 STATE = '{"generation":4,"target":"kept"}'
 

@@ -29,8 +29,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactive_node.behaviors import Settings, Token
-from reactive_node.behaviors.base import default_lease
-from reactive_node.simulation import Faults, Simulation
+from reactive_node.core.behaviors.base import default_lease
+from reactive_node.core.simulation import Faults, Simulation
 
 INTERVAL = 1.0
 MAX_BACKOFF = 4.0

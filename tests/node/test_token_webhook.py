@@ -18,9 +18,10 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from node.nodesupport import KEY, OTHER_KEY, MakeNode
-from reactive_node import auth, contract, server
-from reactive_node.config import ConfigError, load_config, make_config
-from reactive_node.webhook import TokenWebhook, webhook_request
+from reactive_node.core import auth, contract
+from reactive_node.runtime import server
+from reactive_node.runtime.config import ConfigError, load_config, make_config
+from reactive_node.runtime.webhook import TokenWebhook, webhook_request
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from reactive_node.view import API_PATH, create_view_app
+from reactive_node.local.web import API_PATH, create_view_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from node.test_view import dump_dom, model, serve
-from reactive_node.local import TIMELINE_EVENTS, NodeView, Timeline
-from reactive_node.view import create_view_app
+from reactive_node.local.views import TIMELINE_EVENTS, NodeView, Timeline
+from reactive_node.local.web import create_view_app
 
 
 def view(i: int, loops: int, waits: int, phase: str = "looping") -> NodeView:

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
-from reactive_node import contract
 from reactive_node.behaviors import load_behavior
-from reactive_node.codec import (
+from reactive_node.core import contract
+from reactive_node.core.codec import (
     PROTOCOL_VERSION,
     BadBody,
     RoundTripRequest,
@@ -25,10 +25,10 @@ from reactive_node.codec import (
     encode,
     make_request,
 )
-from reactive_node.config import NodeConfig
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node, Outcome, answer_version, version_refused
-from reactive_node.store import MemoryStore
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node, Outcome, answer_version, version_refused
+from reactive_node.runtime.store import MemoryStore
 
 FIXTURES = Path(__file__).parent / "fixtures" / "wire_v1"
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 from localcluster import Cluster as LocalCluster
-from reactive_node import contract as c
-from reactive_node import history as node_history
-from reactive_node.behaviors.base import canonical, default_lease
+from reactive_node.core import contract as c
+from reactive_node.core import history as node_history
+from reactive_node.core.behaviors.base import canonical, default_lease
 from reactive_operator.rloop import chaos, cli, kube, view
 
 NOW = 1_800_000_000.0

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator import builders, config
 from reactive_operator.builders import NodeDefaults, Owner
 from reactive_operator.spec import SpecError, parse_spec

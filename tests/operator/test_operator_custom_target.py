@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator import builders
 from reactive_operator.builders import Owner
 from reactive_operator.config import load

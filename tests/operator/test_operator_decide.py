@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator import builders
 from reactive_operator.builders import NodeDefaults, Owner
 from reactive_operator.config import load

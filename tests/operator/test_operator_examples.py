@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from localcluster import Cluster
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator import builders
 from reactive_operator.builders import NodeDefaults, Owner
 from reactive_operator.spec import parse_spec

@@ -21,12 +21,12 @@ from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client.rest import ApiException
 from localcluster import Cluster
 from prometheus_client import CollectorRegistry
-from reactive_node import contract as c
 from reactive_node.behaviors import Converge
-from reactive_node.config import NodeConfig
-from reactive_node.metrics import NodeMetrics
-from reactive_node.node import Node
-from reactive_node.store import MemoryStore, Snapshot
+from reactive_node.core import contract as c
+from reactive_node.runtime.config import NodeConfig
+from reactive_node.runtime.metrics import NodeMetrics
+from reactive_node.runtime.node import Node
+from reactive_node.runtime.store import MemoryStore, Snapshot
 from reactive_operator import builders
 from reactive_operator.builders import HMAC_SECRET_ADOPTED, NodeDefaults, Owner
 from reactive_operator.kube import Kube, NotFound

@@ -17,7 +17,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from localcluster import Cluster
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator import builders
 from reactive_operator.builders import NodeDefaults, Owner
 from reactive_operator.config import OperatorConfig

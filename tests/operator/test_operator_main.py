@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator.main import Health, create_app
 from reactive_operator.metrics import OperatorMetrics
 from reactive_operator.plan import pod_view

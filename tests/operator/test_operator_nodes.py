@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator.nodes import NodeClient
 from reactive_operator.plan import PodView
 from reactive_operator.spec import parse_spec

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator import builders
 from reactive_operator.builders import NodeDefaults, Owner
 from reactive_operator.config import ConfigError, load

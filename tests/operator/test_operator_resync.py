@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 from prometheus_client import CollectorRegistry
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator import handlers
 from reactive_operator.config import load
 from reactive_operator.kube import KubeError, NotFound

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reactive_node.contract import MAX_STATE_INT
+from reactive_node.core.contract import MAX_STATE_INT
 from reactive_operator.spec import (
     MAX_TARGET_BYTES,
     SpecError,

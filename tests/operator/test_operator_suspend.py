@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 from reactive_operator import builders
 from reactive_operator.builders import Owner
 from reactive_operator.config import load

@@ -9,6 +9,6 @@ synchronous `kubernetes` client, with the user's kubeconfig and context:
   loop, its pods, the node endpoints through the API server's pod proxy or a
   port-forward, pod deletion, the chaos run's NetworkPolicies;
 * `chaos` — `kubectl rloop chaos`: faults the Kubernetes way, then the
-  verdict of `reactive_node.verdict` and the page of `reactive_node.timeline`;
+  verdict of `reactive_node.core.verdict` and the page of `reactive_node.core.timeline`;
 * `cli` — the command line.
 """

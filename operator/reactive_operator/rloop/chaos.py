@@ -23,9 +23,9 @@ Faults:
 
 The run polls every node's `/v1/history` while it goes (through the pod proxy
 or port-forwards, `kube.NodeReader`), watches the loop settle after the
-faults, and checks the histories with `reactive_node.verdict` — the same
+faults, and checks the histories with `reactive_node.core.verdict` — the same
 checker and the same JSON as local mode — and draws the timeline with
-`reactive_node.timeline`.
+`reactive_node.core.timeline`.
 
 Every object the run creates carries `app.kubernetes.io/managed-by=
 kubectl-rloop` and its run label; whatever ends the run (the end, an error,
@@ -49,10 +49,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final, Protocol
 
-from reactive_node import contract as c
-from reactive_node import history, timeline, verdict
-from reactive_node.behaviors.base import canonical, default_lease
-from reactive_node.config import NodeConfig
+from reactive_node.core import contract as c
+from reactive_node.core import history, timeline, verdict
+from reactive_node.core.behaviors.base import canonical, default_lease
+from reactive_node.runtime.config import NodeConfig
 
 from .kube import KubeError, NodeReadError, PodRef
 from .view import MAX_DURATION, LoopInfo

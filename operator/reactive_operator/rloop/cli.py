@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 
 from . import view
 

@@ -33,7 +33,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.stream import portforward
-from reactive_node import contract as c
+from reactive_node.core import contract as c
 
 from .view import LoopInfo
 

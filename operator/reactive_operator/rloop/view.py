@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from prometheus_client.parser import text_string_to_metric_families
-from reactive_node import contract
+from reactive_node.core import contract
 
 #: Longest chaos run, seconds (as `reactive-loop chaos`).
 MAX_DURATION: Final = 600.0

@@ -29,7 +29,7 @@ Every decision follows a round trip (issue 10, docs/node.md "The token is CP"):
 * **Acting.** Holding is not acting. A holder *acts* (reports holding, fires
   `acquire`) only while its lease is fresh: a strict majority of the loop,
   itself included, vouched for its epoch in round trips it started within
-  the lease (`reactive_node.protocol.Lease` keeps that, on the monotonic
+  the lease (`reactive_node.core.protocol.Lease` keeps that, on the monotonic
   clock). A node vouches for one chain (`acked`, named by its `origin`) at
   a time and switches to another only after it has vouched for none for the
   guard (the lease stretched by the drift allowance): two acting holders
@@ -365,7 +365,7 @@ class Token:
             return state
         return {k: state[k] for k in V1_FIELDS if k in state}
 
-    # --- what the protocol core asks (reactive_node.protocol.Lease) ------------
+    # --- what the protocol core asks (reactive_node.core.protocol.Lease) ------------
     def holder_epoch(self, state: State) -> Epoch | None:
         """The epoch this state may act on with a lease: held, no offer, vouched for."""
         if not _holder(state) or state["acked"] != state["origin"]:

@@ -20,7 +20,7 @@ from typing import Final
 
 import msgspec
 
-from . import contract
+from ..core import contract
 from .node import Outcome, Transport
 
 log = logging.getLogger(__name__)

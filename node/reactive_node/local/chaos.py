@@ -3,11 +3,11 @@
 It reads the loop from its run file (`reactive-loop run --state-dir DIR`),
 plays a scenario of timed faults — `kill -9` of a node process (the supervisor
 restarts it), a pause (SIGSTOP, then SIGCONT), a partition between chosen
-nodes (the fault switch of `run --faults`, reactive_node.faults) — injects
+nodes (the fault switch of `run --faults`, reactive_node.runtime.faults) — injects
 converge targets itself while it runs, polls every node's `/v1/history`, and
 once the faults are over watches the loop settle. The invariants are checked
-by the pure `reactive_node.verdict`; the picture is drawn by the pure
-`reactive_node.timeline`. docs/chaos.md is the user's guide.
+by the pure `reactive_node.core.verdict`; the picture is drawn by the pure
+`reactive_node.core.timeline`. docs/chaos.md is the user's guide.
 
 Whatever happens (Ctrl-C included), every paused node is resumed and every
 link restored before it returns. It signals only the pids the run file lists
@@ -32,10 +32,12 @@ from typing import Annotated, Any, Final
 import aiohttp
 import msgspec
 
-from reactive_node import auth, contract, history, local, timeline, verdict
-from reactive_node.behaviors.base import canonical
-from reactive_node.faults import encode_faults
-from reactive_node.store import write_atomically
+from reactive_node.core import auth, contract, history, timeline, verdict
+from reactive_node.core.behaviors.base import canonical
+from reactive_node.local import inject, runfile
+from reactive_node.runtime import keyfiles
+from reactive_node.runtime.faults import encode_faults
+from reactive_node.runtime.store import write_atomically
 
 #: Longest chaos run (faults and injections), seconds; the settling after it is bounded too.
 MAX_DURATION: Final = 600.0
@@ -253,10 +255,10 @@ class Options:
 
 
 class Chaos:
-    def __init__(self, options: Options, run: local.RunFile) -> None:
+    def __init__(self, options: Options, run: runfile.RunFile) -> None:
         self.options = options
         self.loop = run
-        self.names = [local.node_name(run.loop, i) for i in range(len(run.addresses))]
+        self.names = [runfile.node_name(run.loop, i) for i in range(len(run.addresses))]
         self.collector = _Collector(self.names, list(run.addresses))
         self.faults: list[verdict.Fault] = []
         self.injections: list[verdict.Injection] = []
@@ -280,8 +282,8 @@ class Chaos:
 
     def _pid(self, ordinal: int) -> int | None:
         try:
-            pid = local.read_run_file(self.options.state_dir).pids[ordinal]
-        except (local.RunFileError, IndexError):
+            pid = runfile.read_run_file(self.options.state_dir).pids[ordinal]
+        except (runfile.RunFileError, IndexError):
             return None
         return pid if pid is not None and _is_node_process(pid) else None
 
@@ -374,9 +376,9 @@ class Chaos:
 
     async def _inject(self, number: int) -> None:
         target = {"chaos": number, "seed": self.options.scenario.seed, "at": round(time.time(), 3)}
-        counter = self.options.state_dir / local.GENERATION_FILE
+        counter = self.options.state_dir / inject.GENERATION_FILE
         at = time.time()
-        result = await local.set_target(
+        result = await inject.set_target(
             target,
             self.loop.addresses,
             request_timeout=REQUEST_TIMEOUT,
@@ -407,9 +409,9 @@ class Chaos:
 
     async def run(self) -> dict[str, Any]:
         scenario = self.options.scenario
-        primary = local.key_files(self.options.state_dir)[0]
+        primary = runfile.key_files(self.options.state_dir)[0]
         if primary.exists():
-            self.keys = auth.load_keyring(primary)
+            self.keys = keyfiles.load_keyring(primary)
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             deadline = time.monotonic() + READY_DEADLINE
@@ -517,14 +519,14 @@ async def chaos_command(
 ) -> int:
     """Run `scenario` against the loop of `state_dir`; print the verdict; exit status."""
     try:
-        run = local.read_run_file(state_dir)
+        run = runfile.read_run_file(state_dir)
         validate(scenario, len(run.addresses))
         if any(isinstance(f, Partition) for f in scenario.faults) and run.faults is None:
             raise ScenarioError(
                 "a partition needs the loop's fault switch:"
                 " start it with `reactive-loop run --faults`"
             )
-    except (local.RunFileError, ScenarioError) as e:
+    except (runfile.RunFileError, ScenarioError) as e:
         print(f"reactive-loop chaos: {e}", file=sys.stderr)
         return EXIT_USAGE
     stamp = time.strftime("%Y%m%dT%H%M%S")

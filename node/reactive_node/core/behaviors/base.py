@@ -72,7 +72,7 @@ class Context:
     """Ordinal of the peer of this round trip, when known: the one the node is
     about to round-trip to (`tick`), that answered (`react`), that sent the
     request (`respond`)."""
-    # What the protocol core (reactive_node.protocol) remembers between round
+    # What the protocol core (reactive_node.core.protocol) remembers between round
     # trips, on this node's monotonic clock; only the token uses them.
     quiet: float = math.inf
     """Seconds since this node last had news of any token."""
@@ -149,10 +149,10 @@ class PeerHinting(Protocol):
     def peer_hint(self, mine: State, ctx: Context) -> int | None: ...
 
 
-@runtime_checkable
-class Versioned(Protocol):
-    """Optional extra of a behaviour whose state gained fields with a protocol
-    version: the state as a peer of an older version reads it.
+def versioned(behavior: object) -> bool:
+    """Whether `behavior` cuts its state down for older protocol versions: it
+    has an optional method `wire_state(state, version) -> State`, the state as
+    a peer of an older protocol version reads it.
 
     The token's version 1 peers (commit d29e2e1) refuse its `origin`, `acked`
     and `lost`. The protocol core sends a peer it has not heard version 2 from
@@ -160,12 +160,6 @@ class Versioned(Protocol):
     1 body from a node that speaks 2 (its header says so) is therefore a cut
     state, which a responder does not act on (docs/node.md, "Protocol version").
     """
-
-    def wire_state(self, state: State, version: int) -> State: ...
-
-
-def versioned(behavior: object) -> bool:
-    """Whether `behavior` cuts its state down for older protocol versions."""
     return callable(getattr(behavior, "wire_state", None))
 
 

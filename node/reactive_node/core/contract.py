@@ -51,7 +51,7 @@ STATE_PATH: Final = "/v1/state"
 METRICS_PATH: Final = "/metrics"
 HEALTH_PATH: Final = "/healthz"
 READY_PATH: Final = "/readyz"
-#: The node's decision history (reactive_node.history; docs/node.md).
+#: The node's decision history (reactive_node.core.history; docs/node.md).
 HISTORY_PATH: Final = "/v1/history"
 #: Request header of a round trip: the highest protocol version the sender
 #: speaks. A version 2 node answers a version 1 body in version 2 when it is
@@ -81,7 +81,7 @@ BOOT_SKEW_SECONDS: Final = 300
 MAX_STATE_DEPTH: Final = 32
 #: Largest loop size a node adopts from the replicas annotation (the CRD's bound).
 MAX_REPLICAS: Final = 200
-#: The signature of a round trip when the loop has a key (reactive_node.auth):
+#: The signature of a round trip when the loop has a key (reactive_node.core.auth):
 #: "v1 keyid=<8 hex> ts=<unix ms> from=<sender> to=<recipient> sig=<64 hex>".
 SIGNATURE_HEADER: Final = "X-Reactive-Loop-Signature"
 #: A signed request's timestamp must be within this many seconds of the receiver's clock.

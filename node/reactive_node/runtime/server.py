@@ -19,10 +19,11 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from ..core.auth import BadKey
+from ..core.behaviors import BehaviorLoadError, load_behavior
 from .app import NodeRunner, create_app
-from .auth import BadKey, load_keyring
-from .behaviors import BehaviorLoadError, load_behavior
 from .config import ConfigError, NodeConfig, load_config
+from .keyfiles import load_keyring
 from .store import FileStore, MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def make_store(config: NodeConfig) -> StateStore:
         assert config.state_dir is not None
         return FileStore(config.state_dir / f"{config.node}.json", poll_interval=config.interval)
     if config.store == "pod":
-        from .store_pod import PodStore  # the only module that talks to Kubernetes
+        from .pod_store import PodStore
 
         assert config.namespace is not None
         return PodStore(config.namespace, config.pod)

@@ -1,7 +1,7 @@
 """The live web view of a local loop.
 
 A tiny aiohttp app: `GET /` serves one HTML page with a script that polls
-`GET /api/loop` (the supervisor's view model, see `local.view_model`) and draws
+`GET /api/loop` (the supervisor's view model, see `views.view_model`) and draws
 the loop as an SVG graph: a circle per node, coloured by its phase, and an
 arrow per last round trip, coloured by its outcome. No build step, no
 third-party front-end code: the page is plain HTML, JS and SVG.
@@ -22,7 +22,9 @@ _ASSETS = {"/view.js": "application/javascript", "/view.css": "text/css"}
 
 
 def _asset(name: str) -> str:
-    return resources.files("reactive_node").joinpath("static", name).read_text(encoding="utf-8")
+    return (
+        resources.files("reactive_node.local").joinpath("static", name).read_text(encoding="utf-8")
+    )
 
 
 async def _page(request: web.Request) -> web.Response:
@@ -48,3 +50,11 @@ def create_view_app(source: ViewSource) -> web.Application:
         app.router.add_get(path, _static)
     app.router.add_get(API_PATH, _api)
     return app
+
+
+async def serve_view(source: ViewSource, host: str, port: int) -> web.AppRunner:
+    """Serve the view app on `host:port` until the returned runner is cleaned up."""
+    runner = web.AppRunner(create_view_app(source), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -26,15 +26,6 @@ from typing import Any, Final
 
 from .behaviors.base import DRIFT_FACTOR
 
-#: The kinds of violations `check` reports.
-VIOLATIONS: Final = (
-    "regression",
-    "phantom",
-    "not_converged",
-    "two_holders",
-    "epoch_order",
-    "no_holder",
-)
 #: Most violations listed per kind (the count is always exact).
 MAX_LISTED: Final = 50
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from . import contract
+from ..core import contract
 
 PHASES = ("starting", "looping", "waiting", "suspended")
 WRITE_RESULTS = ("ok", "conflict", "error")

@@ -1,6 +1,6 @@
 """The protocol core: every rule of a round trip, pure and I/O-free.
 
-The node's async shell (`node.py`: HTTP, store, metrics) and the simulation
+The node's async shell (`runtime/node.py`: HTTP, store, metrics) and the simulation
 (`simulation.py`) both drive `NodeCore`, so the properties test what runs:
 
 * `NodeCore.initiate` — one round trip as initiator: choose the peer, tick,

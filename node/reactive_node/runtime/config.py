@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec.structs import force_setattr
 
-from . import contract
-from .auth import is_signable_name
-from .behaviors.base import DRIFT_FACTOR, default_lease
-from .topology import TopologyName
+from ..core import contract
+from ..core.auth import is_signable_name
+from ..core.behaviors.base import DRIFT_FACTOR, default_lease
+from ..core.topology import TopologyName
 
 StoreName = Literal["pod", "file", "memory"]
 Name = Annotated[str, msgspec.Meta(max_length=253)]

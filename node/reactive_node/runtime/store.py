@@ -1,10 +1,10 @@
-"""Where a node keeps its state: the `StateStore` interface and two stores.
+"""Where a node keeps its state: the `StateStore` interface and its stores.
 
 A store keeps the state *text* (canonical JSON) and knows nothing of
 behaviours: the node validates what it reads. Three implementations:
 `MemoryStore` (tests, simulation), `FileStore` (local mode: one JSON file per
-node, written atomically) and `PodStore` in `store_pod.py` (the pod's own
-annotations; the only module that talks to the Kubernetes API).
+node, written atomically) and `PodStore` in `pod_store.py` (the pod's own
+annotations, through the Kubernetes API client in `kube.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from .contract import MAX_REPLICAS
+from ..core.contract import MAX_REPLICAS
 
 #: A state file larger than this is not read (an annotation cannot be larger either).
 MAX_STATE_FILE_BYTES = 256 * 1024

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import aiohttp
 import yarl
 
-from . import auth, contract
+from ..core import auth, contract
 
 log = logging.getLogger(__name__)
 

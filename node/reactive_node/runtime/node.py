@@ -21,22 +21,13 @@ import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Final, TypeVar
 
-from . import auth, contract, history, protocol
-from .backoff import Backoff
-from .behaviors import (
-    Behavior,
-    Context,
-    Settings,
-    State,
-    Summary,
-    as_injection,
-)
-from .codec import PROTOCOL_VERSION, BadBody, decode_state, encode_state
-from .config import NodeConfig
-from .contract import MAX_REPLICAS, MAX_STATE_INT
-from .decision import DecisionFile, decision_of
-from .metrics import NodeMetrics
-from .protocol import (
+from ..core import auth, contract, history, protocol
+from ..core.backoff import Backoff
+from ..core.behaviors import Behavior, Context, Settings, State, Summary, as_injection
+from ..core.codec import PROTOCOL_VERSION, BadBody, decode_state, encode_state
+from ..core.contract import MAX_REPLICAS, MAX_STATE_INT
+from ..core.decision import decision_of
+from ..core.protocol import (
     ERROR_DETAIL_CHARS,
     MAX_EDGES,
     Outcome,
@@ -45,8 +36,12 @@ from .protocol import (
     error_reply,
     version_refused,
 )
+from ..core.topology import PeerPicker
+from .config import NodeConfig
+from .decision import DecisionFile
+from .keyfiles import KeyFiles
+from .metrics import NodeMetrics
 from .store import Snapshot, StateStore, StoreConflict, StoreError
-from .topology import PeerPicker
 
 __all__ = [
     "ERROR_DETAIL_CHARS",
@@ -99,7 +94,7 @@ class Node:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         token_listener: TokenListener | None = None,
-        keys: auth.KeyFiles | None = None,
+        keys: KeyFiles | None = None,
         decision: DecisionFile | None = None,
     ) -> None:
         self.config = config

@@ -24,14 +24,14 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from . import contract
-from .auth import KeyFiles
-from .backoff import Backoff
-from .behaviors import Behavior, load_behavior
-from .codec import encode
+from ..core import contract
+from ..core.backoff import Backoff
+from ..core.behaviors import Behavior, load_behavior
+from ..core.codec import encode
 from .config import NodeConfig
 from .decision import DecisionFile
 from .faults import FaultSwitch, peer_urls, sender_of
+from .keyfiles import KeyFiles
 from .metrics import NodeMetrics
 from .node import ERROR_DETAIL_CHARS, Node, Outcome, Reply, Transport
 from .store import StateStore, StoreError

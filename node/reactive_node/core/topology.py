@@ -63,8 +63,3 @@ class PeerPicker:
             if self._successes_while_skipping >= PROBE_EVERY:
                 self.skip = 0
                 self._successes_while_skipping = 0
-
-
-def successor(ordinal: int, replicas: int) -> int:
-    """The ring successor of `ordinal`."""
-    return (ordinal + 1) % replicas

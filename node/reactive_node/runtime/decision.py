@@ -32,38 +32,13 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from .behaviors import Summary, canonical
+from ..core.behaviors import canonical
+from ..core.decision import document
 
 log = logging.getLogger(__name__)
 
-#: The document's schema version (a reader refuses others).
-DECISION_VERSION: Final = 1
 #: Mode of the file: the node's sidecars may run as another user.
 FILE_MODE: Final = 0o644
-
-
-def decision_of(behavior: str, summary: Summary, acting: list[int] | None) -> dict[str, Any]:
-    """The decision of a node whose behaviour `behavior` summarises its state as
-    `summary`; `acting` is the epoch a token node acts on now (None: it does not)."""
-    if behavior == "converge":
-        return {"generation": summary["generation"], "target": summary["target"]}
-    if behavior == "token":
-        return {"holding": acting is not None, "epoch": None if acting is None else list(acting)}
-    return dict(summary)
-
-
-def document(
-    *, loop: str, node: str, behavior: str, decision: Mapping[str, Any], changed_at: float
-) -> dict[str, Any]:
-    """The whole file's content."""
-    return {
-        "version": DECISION_VERSION,
-        "loop": loop,
-        "node": node,
-        "behavior": behavior,
-        "changedAt": changed_at,
-        "decision": dict(decision),
-    }
 
 
 def replace_file(path: pathlib.Path, text: str) -> None:

@@ -2,7 +2,7 @@
 
 Used by the property tests (and usable by benchmarks); pure, no I/O. It keeps
 no copy of a rule: every node is a `protocol.NodeCore`, the very object the
-HTTP node (`node.py`) drives, and the simulation only carries out its effects
+HTTP node (`runtime/node.py`) drives, and the simulation only carries out its effects
 as the node's shell does: it persists a decision by keeping it, puts the
 encoded bodies on a simulated network, hands back each `Outcome` (an answer,
 an error answer, or a timeout), and re-checks the acting holder when asked.
@@ -28,14 +28,13 @@ import random
 from collections.abc import Callable, Generator
 from typing import Any
 
-from reactive_node import contract, history
-from reactive_node.backoff import Backoff
-from reactive_node.behaviors import Behavior, Settings, State
-from reactive_node.codec import encode, make_request
-from reactive_node.protocol import (
+from reactive_node.core import contract, history
+from reactive_node.core.backoff import Backoff
+from reactive_node.core.behaviors import Behavior, Settings, State
+from reactive_node.core.codec import encode, make_request
+from reactive_node.core.protocol import (
     Counted,
     Effect,
-    Epoch,
     NodeCore,
     Outcome,
     Persist,
@@ -44,7 +43,7 @@ from reactive_node.protocol import (
     Send,
     leased,
 )
-from reactive_node.topology import PeerPicker, TopologyName
+from reactive_node.core.topology import PeerPicker, TopologyName
 
 LOOP = "sim"
 
@@ -153,7 +152,6 @@ class Simulation:
         self.overlaps: list[tuple[float, list[int]]] = []
         """Instants at which more than one node acted as the token holder."""
         self.requests = 0
-        self.stale_rejections = 0
         self.on_change: Callable[[SimNode, State, State], None] | None = None
         self.nodes: list[SimNode] = []
         for i in range(n):
@@ -234,14 +232,6 @@ class Simulation:
     def acting(self) -> list[int]:
         """The nodes that act as the token holder now (by their own clocks)."""
         return [node.ordinal for node in self.nodes if node.core.acting_now() is not None]
-
-    def acting_epochs(self) -> dict[int, Epoch]:
-        out: dict[int, Epoch] = {}
-        for node in self.nodes:
-            epoch = node.core.acting_now()
-            if epoch is not None:
-                out[node.ordinal] = epoch
-        return out
 
     def _check(self) -> None:
         if self._leased is None:
@@ -398,8 +388,6 @@ class Simulation:
 
     def _serve(self, node: SimNode, body: bytes, sender: int, header: str | None) -> Reply:
         reply: Reply = self._drive(node, node.core.serve(body, address=str(sender), header=header))
-        if reply.status == 409:
-            self.stale_rejections += 1
         return reply
 
     def _outcome(self, node: SimNode, boot: int, seq: int, outcome: Outcome) -> None:
