@@ -93,11 +93,19 @@ def _until_one_acts(sim: Simulation, healed: float) -> float:
     return t - healed
 
 
+def _restart(sim: Simulation, victim: int, *, wipe: bool) -> None:
+    """Restart `victim`, without its stored state if `wipe` and another node
+    remembers an epoch: lost state is recovered from peers, and when no other
+    node remembers one nothing can (docs/node.md, "Known limits of the token")."""
+    others = any(o.state["epoch"] is not None for o in sim.nodes if o.ordinal != victim)
+    sim.restart(victim, wipe=wipe and others)
+
+
 def _apply(
     sim: Simulation, n: int, kind: str, ordinal: int, seconds: float, side: frozenset[int]
 ) -> None:
     if kind in ("restart", "wipe"):
-        sim.restart(ordinal % n, wipe=kind == "wipe")
+        _restart(sim, ordinal % n, wipe=kind == "wipe")
     elif kind == "pause":
         sim.pause(ordinal % n, seconds)
     elif kind == "partition":
@@ -228,7 +236,7 @@ def test_a_minority_side_never_regenerates(n: int, seed: int) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(2, 5),
+    n=st.integers(2, 4),
     loss=st.floats(0, 0.1),
     faults=st.lists(
         st.tuples(st.floats(3, 20), st.booleans(), st.booleans(), st.integers(0, 100)),
@@ -244,7 +252,7 @@ def test_a_fence_hears_epochs_in_order_when_the_webhook_is_slower_than_the_hold(
     holder's call never overtakes it (the kind test's failure, stop 16's CI).
     Holders are restarted with and without their stored state (a deleted pod):
     an epoch offered again to a node that lost its state is never told twice."""
-    short = dataclasses.replace(_settings(n), token_hold=1.0, token_loss_timeout=6.0)
+    short = dataclasses.replace(_settings(n), token_hold=1.0)
     sim = Simulation(
         Token(), n, "ring", seed=seed, settings=short, drift=0.05, webhook_delay=WEBHOOK
     )
@@ -254,8 +262,8 @@ def test_a_fence_hears_epochs_in_order_when_the_webhook_is_slower_than_the_hold(
         t += after
         sim.run_until(t)
         acting = sim.acting()
-        sim.restart(acting[0] if holder and acting else ordinal % n, wipe=wipe)
-    sim.run_until(t + 30)
+        _restart(sim, acting[0] if holder and acting else ordinal % n, wipe=wipe)
+    sim.run_until(t + 40)
     assert len(sim.acquires) >= 3, sim.acquires  # it circulated
     _check_safety(sim)
 
@@ -281,6 +289,6 @@ def test_an_epoch_offered_again_after_a_lost_state_is_not_acquired_twice() -> No
             sim.run_until(t)
             acting = sim.acting()
             victim = acting[0] if acting and rng.random() < 0.7 else rng.randrange(n)
-            sim.restart(victim, wipe=rng.random() < 0.5)
+            _restart(sim, victim, wipe=rng.random() < 0.5)
         sim.run_until(t + 30)
         _check_safety(sim)
