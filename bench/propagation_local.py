@@ -98,16 +98,27 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 class LocalLoop:
     """One `reactive-loop run` supervisor and its node processes, stopped by PID."""
 
-    def __init__(self, nodes: int, topology: str, interval: float, state_dir: Path) -> None:
+    def __init__(
+        self,
+        nodes: int,
+        topology: str,
+        interval: float,
+        state_dir: Path,
+        *,
+        behavior: str = "converge",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`env`: more RL_* variables the nodes inherit (e.g. the token's timings)."""
         self.nodes = nodes
         self.state_dir = state_dir
         self.log = (state_dir / "supervisor.log").open("wb")
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "reactive_node.cli", "run"),
-                *("--nodes", str(nodes), "--behavior", "converge", "--topology", topology),
+                *("--nodes", str(nodes), "--behavior", behavior, "--topology", topology),
                 *("--interval", repr(interval), "--state-dir", str(state_dir)),
             ],
+            env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -125,6 +136,15 @@ class LocalLoop:
             return None
         self.node_pids.update(p for p in run.pids if p is not None)
         return run.addresses
+
+    def pid_of(self, address: str) -> int:
+        """The PID of the node process listening on `address` now (from the run file)."""
+        run = read_run_file(self.state_dir)
+        pid = dict(zip(run.addresses, run.pids, strict=True)).get(address)
+        if pid is None:
+            raise RuntimeError(f"no running node at {address}")
+        self.node_pids.add(pid)
+        return pid
 
     async def started(self, session: aiohttp.ClientSession) -> None:
         """Wait until every node answers and loops."""
