@@ -1084,3 +1084,30 @@ def test_port_forwards_never_take_over_other_threads_calls(
         for t in openers:
             t.join(10)
     assert failures == []
+
+
+class _OnePage:
+    """A NodesApi whose every node answers `doc` to `/v1/history`."""
+
+    via = "proxy"
+
+    def __init__(self, doc: Any) -> None:
+        self.doc = doc
+
+    def get_json(self, pod: str, path: str, query: Sequence[tuple[str, str]] = ()) -> Any:
+        return self.doc
+
+    def forget(self, pod: str) -> None:
+        return None
+
+
+def test_chaos_collector_reports_a_bad_history_page_once_and_keeps_going() -> None:
+    said: list[str] = []
+    collector = chaos._Collector(["demo-0"], said.append)
+    bad = _OnePage({"boot": "not a number", "next": 1, "entries": [{"seq": 1}]})
+    collector.poll_one(bad, "demo-0")
+    collector.poll_one(bad, "demo-0")
+    assert said == ["demo-0: history page: 'boot' is 'not a number', not an integer 0..2^63-1"]
+    assert collector.histories() == {"demo-0": []}
+    collector.poll_one(_OnePage({"boot": 7, "next": 1, "entries": [{"seq": 1}]}), "demo-0")
+    assert collector.histories() == {"demo-0": [{"seq": 1, "boot": "7"}]}

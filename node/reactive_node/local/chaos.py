@@ -189,6 +189,8 @@ class _Collector:
     entries: dict[str, dict[tuple[int, int], dict[str, Any]]] = field(default_factory=dict)
     cursor: dict[str, tuple[int, int]] = field(default_factory=dict)
     """node -> (boot, next) of its last answer."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """node -> why its last unreadable history page was refused."""
 
     async def poll_one(self, session: aiohttp.ClientSession, i: int) -> None:
         name, address = self.names[i], self.addresses[i]
@@ -202,18 +204,24 @@ class _Collector:
                     doc = await r.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 return
-            if not isinstance(doc, Mapping) or not isinstance(doc.get("entries"), list):
+            try:
+                merged = history.merge_page(
+                    self.entries.get(name, {}), known, doc, incremental=bool(since)
+                )
+            except history.BadHistoryPage as e:
+                self.note_error(name, str(e))
                 return
-            boot = int(doc.get("boot", 0))
-            if known is not None and boot != known[0] and since:
+            if merged is None:
                 known = None  # a new process: read its whole history
                 continue
-            store = self.entries.setdefault(name, {})
-            for entry in doc["entries"]:
-                if isinstance(entry, dict) and isinstance(entry.get("seq"), int):
-                    store[(boot, int(entry["seq"]))] = {**entry, "boot": str(boot)}
-            self.cursor[name] = (boot, int(doc.get("next", 0)))
+            self.entries[name], self.cursor[name] = merged
             return
+
+    def note_error(self, name: str, error: str) -> None:
+        """Say once per node and message that its history could not be read."""
+        if self.errors.get(name) != error:
+            self.errors[name] = error
+            print(f"chaos: {name}: {error}", file=sys.stderr)
 
     async def poll(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(self.poll_one(session, i) for i in range(len(self.names))))

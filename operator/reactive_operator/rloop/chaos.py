@@ -375,8 +375,11 @@ class _Collector:
     """Every node's history, as polled (entries keyed by (boot, seq))."""
 
     names: list[str]
+    say: Callable[[str], None]
+    """Where a node's unreadable history page is reported (once per message)."""
     entries: dict[str, dict[tuple[int, int], dict[str, Any]]] = field(default_factory=dict)
     cursor: dict[str, tuple[int, int]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
 
     def poll_one(self, nodes: NodesApi, name: str) -> None:
         known = self.cursor.get(name)
@@ -386,17 +389,19 @@ class _Collector:
                 doc = nodes.get_json(name, c.HISTORY_PATH, query)
             except NodeReadError:
                 return
-            if not isinstance(doc, Mapping) or not isinstance(doc.get("entries"), list):
+            try:
+                merged = history.merge_page(
+                    self.entries.get(name, {}), known, doc, incremental=bool(query)
+                )
+            except history.BadHistoryPage as e:
+                if self.errors.get(name) != str(e):
+                    self.errors[name] = str(e)
+                    self.say(f"{name}: {e}")
                 return
-            boot = int(doc.get("boot", 0))
-            if known is not None and boot != known[0] and query:
+            if merged is None:
                 known = None  # a new process: read its whole history
                 continue
-            store = self.entries.setdefault(name, {})
-            for entry in doc["entries"]:
-                if isinstance(entry, dict) and isinstance(entry.get("seq"), int):
-                    store[(boot, int(entry["seq"]))] = {**entry, "boot": str(boot)}
-            self.cursor[name] = (boot, int(doc.get("next", 0)))
+            self.entries[name], self.cursor[name] = merged
             return
 
     def histories(self) -> dict[str, list[dict[str, Any]]]:
@@ -501,7 +506,7 @@ class ClusterChaos:
         self.restart_deadline = restart_deadline
         self.say = say
         self.names = [f"{loop.name}-{i}" for i in range(loop.replicas)]
-        self.collector = _Collector(self.names)
+        self.collector = _Collector(self.names, say)
         self.cleanup = Cleanup(api, self.run_id, loop.name)
         self.faults: list[verdict.Fault] = []
         self.cuts: dict[int, _Cut] = {}
