@@ -36,6 +36,7 @@ from reactive_node.core import auth, contract, history, timeline, verdict
 from reactive_node.core.behaviors.base import canonical
 from reactive_node.local import inject, runfile
 from reactive_node.runtime import keyfiles
+from reactive_node.runtime.client import NodeClient, NodeError
 from reactive_node.runtime.faults import encode_faults
 from reactive_node.runtime.store import write_atomically
 
@@ -192,21 +193,18 @@ class _Collector:
     errors: dict[str, str] = field(default_factory=dict)
     """node -> why its last unreadable history page was refused."""
 
-    async def poll_one(self, session: aiohttp.ClientSession, i: int) -> None:
+    async def poll_one(self, nodes: NodeClient, i: int) -> None:
         name, address = self.names[i], self.addresses[i]
         known = self.cursor.get(name)
         for attempt in range(2):
-            since = "" if known is None or attempt else f"?since={known[1]}"
+            since = None if known is None or attempt else known[1]
             try:
-                async with session.get(f"http://{address}{contract.HISTORY_PATH}{since}") as r:
-                    if r.status != 200:
-                        return
-                    doc = await r.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError):
+                doc = await nodes.history(address, since)
+            except NodeError:
                 return
             try:
                 merged = history.merge_page(
-                    self.entries.get(name, {}), known, doc, incremental=bool(since)
+                    self.entries.get(name, {}), known, doc, incremental=since is not None
                 )
             except history.BadHistoryPage as e:
                 self.note_error(name, str(e))
@@ -223,8 +221,8 @@ class _Collector:
             self.errors[name] = error
             print(f"chaos: {name}: {error}", file=sys.stderr)
 
-    async def poll(self, session: aiohttp.ClientSession) -> None:
-        await asyncio.gather(*(self.poll_one(session, i) for i in range(len(self.names))))
+    async def poll(self, nodes: NodeClient) -> None:
+        await asyncio.gather(*(self.poll_one(nodes, i) for i in range(len(self.names))))
 
     def histories(self) -> dict[str, list[dict[str, Any]]]:
         return {
@@ -233,12 +231,10 @@ class _Collector:
         }
 
 
-async def _state(session: aiohttp.ClientSession, address: str) -> Mapping[str, Any] | None:
+async def _state(nodes: NodeClient, address: str) -> Mapping[str, Any] | None:
     try:
-        async with session.get(f"http://{address}{contract.STATE_PATH}") as r:
-            body = await r.json(content_type=None)
-            return body if r.status == 200 and isinstance(body, Mapping) else None
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return await nodes.state(address)
+    except NodeError:
         return None
 
 
@@ -300,9 +296,9 @@ class Chaos:
         links = set().union(*self.blocked.values()) if self.blocked else set()
         write_atomically(Path(self.loop.faults), encode_faults(links).decode())
 
-    async def _kill(self, session: aiohttp.ClientSession, ordinal: int) -> None:
-        await self.collector.poll_one(session, ordinal)  # what it decided, before it dies
-        old = await _state(session, self.loop.addresses[ordinal])
+    async def _kill(self, nodes: NodeClient, ordinal: int) -> None:
+        await self.collector.poll_one(nodes, ordinal)  # what it decided, before it dies
+        old = await _state(nodes, self.loop.addresses[ordinal])
         pid = self._pid(ordinal)
         if pid is None:
             print(f"chaos: node {ordinal} has no running process; kill skipped", file=sys.stderr)
@@ -317,7 +313,7 @@ class Chaos:
         async def back() -> None:
             deadline = time.monotonic() + RESTART_DEADLINE
             while time.monotonic() < deadline:
-                state = await _state(session, self.loop.addresses[ordinal])
+                state = await _state(nodes, self.loop.addresses[ordinal])
                 if (
                     state is not None
                     and state.get("ready")
@@ -329,8 +325,8 @@ class Chaos:
 
         self.pending.append(asyncio.create_task(back()))
 
-    async def _pause(self, session: aiohttp.ClientSession, ordinal: int, seconds: float) -> None:
-        await self.collector.poll_one(session, ordinal)
+    async def _pause(self, nodes: NodeClient, ordinal: int, seconds: float) -> None:
+        await self.collector.poll_one(nodes, ordinal)
         pid = self._pid(ordinal)
         if pid is None:
             print(f"chaos: node {ordinal} has no running process; pause skipped", file=sys.stderr)
@@ -404,8 +400,8 @@ class Chaos:
                 verdict.Injection(at, generation, history.digest(canonical(target)), result.ok)
             )
 
-    async def _settled(self, session: aiohttp.ClientSession) -> bool:
-        states = await asyncio.gather(*(_state(session, a) for a in self.loop.addresses))
+    async def _settled(self, nodes: NodeClient) -> bool:
+        states = await asyncio.gather(*(_state(nodes, a) for a in self.loop.addresses))
         if any(s is None for s in states):
             return False
         summaries = [s.get("summary") or {} for s in states if s is not None]
@@ -420,11 +416,11 @@ class Chaos:
         primary = runfile.key_files(self.options.state_dir)[0]
         if primary.exists():
             self.keys = keyfiles.load_keyring(primary)
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession() as session:
+            nodes = NodeClient(session, REQUEST_TIMEOUT)
             deadline = time.monotonic() + READY_DEADLINE
             while True:
-                states = await asyncio.gather(*(_state(session, a) for a in self.loop.addresses))
+                states = await asyncio.gather(*(_state(nodes, a) for a in self.loop.addresses))
                 if all(s is not None and s.get("ready") for s in states):
                     break
                 if time.monotonic() > deadline:
@@ -443,7 +439,7 @@ class Chaos:
                     )
                 else:
                     baseline[name] = None
-            await self.collector.poll(session)
+            await self.collector.poll(nodes)
             actions: list[tuple[float, int, Any]] = [
                 (f.at, i, f) for i, f in enumerate(scenario.faults)
             ]
@@ -461,13 +457,13 @@ class Chaos:
                 for at, _, action in actions:
                     while time.monotonic() - clock0 < at:
                         if time.monotonic() >= next_poll:
-                            await self.collector.poll(session)
+                            await self.collector.poll(nodes)
                             next_poll = time.monotonic() + POLL_SECONDS
                         await asyncio.sleep(min(0.05, max(0.0, at - (time.monotonic() - clock0))))
                     if isinstance(action, Kill):
-                        await self._kill(session, action.node)
+                        await self._kill(nodes, action.node)
                     elif isinstance(action, Pause):
-                        await self._pause(session, action.node, action.seconds)
+                        await self._pause(nodes, action.node, action.seconds)
                     elif isinstance(action, Partition):
                         await self._partition(action.sides, action.seconds)
                     else:
@@ -475,7 +471,7 @@ class Chaos:
                 while time.monotonic() - clock0 < scenario.duration or not all(
                     t.done() for t in self.pending
                 ):
-                    await self.collector.poll(session)
+                    await self.collector.poll(nodes)
                     await asyncio.sleep(POLL_SECONDS)
                 # Every fault undone; nodes see a healed link within an interval.
                 faults_end = max([started, *(f.end for f in self.faults)]) + bounds.interval
@@ -485,10 +481,10 @@ class Chaos:
                 settle_until = time.monotonic() + max(0.0, faults_end - time.time()) + bound
                 calm = 0
                 while time.monotonic() < settle_until and calm < 3:
-                    await self.collector.poll(session)
-                    calm = calm + 1 if await self._settled(session) else 0
+                    await self.collector.poll(nodes)
+                    calm = calm + 1 if await self._settled(nodes) else 0
                     await asyncio.sleep(POLL_SECONDS)
-                await self.collector.poll(session)
+                await self.collector.poll(nodes)
             finally:
                 for index in list(self.paused):
                     self._resume(index)
