@@ -40,7 +40,7 @@ from .metrics import OperatorMetrics
 from .nodes import NodeClient
 from .plan import PodView
 from .spec import LoopSpec, SpecError, check_name, parse_spec
-from .status import NodeReport, parse_report, status_patch
+from .status import NodeReport, status_patch
 
 #: Nodes whose objects are created at the same time (API requests in flight).
 CREATE_CONCURRENCY = 8
@@ -114,8 +114,7 @@ async def poll(
         for p in pods
         if p.ip and not p.deleting and p.ordinal < wanted and p.phase == "Running"
     }
-    answers = await nodes.states(ips)
-    return {n: (parse_report(a) if a is not None else None) for n, a in answers.items()}
+    return dict(await nodes.states(ips))
 
 
 async def observe(

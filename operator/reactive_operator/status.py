@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from reactive_node.core.contract import MAX_STATE_INT, MAX_WIRE_INT
+from reactive_node.core.codec import BadStateDocument, StateDocument, decode_state_document
 
 from .builders import pod_name, selector
 from .plan import PodView
@@ -34,45 +33,19 @@ MAX_NODE_LINE = 200
 MAX_MESSAGE = 512
 
 
-#: A number from a node's state, as the node bounds it: fits the status (int64).
-StateInt = Annotated[int, Field(ge=0, le=MAX_STATE_INT)]
-#: A node's own counter; int64 like every integer of the status.
-Counter = Annotated[int, Field(ge=0, le=MAX_WIRE_INT)]
+#: The part of a node's `/v1/state` answer the operator uses is the node's own
+#: schema (`reactive_node.core.codec.StateDocument`): a number out of the node's
+#: bounds makes it no report (the node counts as unreachable), so nothing a node
+#: says can make the status unwritable.
+NodeReport = StateDocument
 
 
-class Summary(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    generation: StateInt | None = None
-    target: Any = None
-    holding: bool | None = None
-    """Acting as the holder (token: its lease is fresh)."""
-    held: bool | None = None
-    """Token: has the token in its state, acting or still gathering its lease."""
-    epoch: tuple[StateInt, StateInt] | None = None
-
-
-class NodeReport(BaseModel):
-    """The part of a node's `/v1/state` answer the operator uses. A number out of
-    the node's bounds makes it no report (the node counts as unreachable), so
-    nothing a node says can make the status unwritable."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    node: str
-    ordinal: int | None = None
-    ready: bool = False
-    phase: str = "starting"
-    loops: Counter = 0
-    waits: Counter = 0
-    last_wait_reason: str | None = Field(None, alias="lastWaitReason")
-    state_error: str | None = Field(None, alias="stateError")
-    summary: Summary = Field(default_factory=Summary)
-
-
-def parse_report(raw: Mapping[str, Any]) -> NodeReport | None:
-    """A node answer, or None if it is not one (counted as unreachable)."""
+def parse_report(raw: Any) -> NodeReport | None:
+    """A node answer (JSON bytes or decoded), or None if it is not one (counted
+    as unreachable); `reactive_node.runtime.client` decodes the answers it reads."""
     try:
-        return NodeReport.model_validate(dict(raw))
-    except ValidationError:
+        return decode_state_document(raw)
+    except BadStateDocument:
         return None
 
 

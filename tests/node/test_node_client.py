@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from node.nodesupport import LOOP, MakeNode, NodeUnderTest
 from reactive_node.core import auth, contract
+from reactive_node.core.codec import StateDocument
 from reactive_node.runtime.client import NodeClient, NodeError, node_address
 
 KEY = b"k" * 32
@@ -33,8 +34,9 @@ async def test_reads_state_and_history_of_a_real_node(
     node = await make_node()
     nodes = NodeClient(session, 2.0)
     state = await nodes.state(address_of(node))
-    assert state["loop"] == LOOP
-    assert state["node"] == node.node.config.node
+    assert state.loop == LOOP
+    assert state.node == node.node.config.node
+    assert state == node.node.state_document()
     page = await nodes.history(address_of(node))
     assert page["boot"] == node.node.boot
     assert isinstance(page["entries"], list)
@@ -120,11 +122,13 @@ async def bad_node() -> AsyncIterator[tuple[str, dict[str, str]]]:
             return web.json_response([1, 2])
         if how == "500":
             return web.Response(status=500, text="internal\nerror")
+        if how == "malformed":
+            return web.json_response({"node": "n-0", "loops": -1})
         if how == "404":
             return web.Response(status=404)
         if how == "slow":
             await release.wait()
-        return web.json_response({"loop": LOOP})
+        return web.json_response({"loop": LOOP, "node": "n-0"})
 
     app = web.Application()
     app.router.add_get(contract.STATE_PATH, state)
@@ -145,6 +149,12 @@ async def bad_node() -> AsyncIterator[tuple[str, dict[str, str]]]:
         ("list", 200, "answered list, not a JSON object", "non-object"),
         ("500", 500, "answered 500: internal error", "500"),
         ("404", 404, "answered 404", "404"),
+        (
+            "malformed",
+            200,
+            "answered not a state document: Expected `int` >= 0 - at `$.loops`",
+            "malformed",
+        ),
     ],
 )
 async def test_bad_answers_are_clear_node_errors(
@@ -182,7 +192,7 @@ async def test_a_good_answer_from_the_same_server(
     bad_node: tuple[str, dict[str, str]], session: aiohttp.ClientSession
 ) -> None:
     address, _ = bad_node
-    assert await NodeClient(session, 2.0).state(address) == {"loop": LOOP}
+    assert await NodeClient(session, 2.0).state(address) == StateDocument(node="n-0", loop=LOOP)
 
 
 async def test_states_gives_each_node_its_document_or_its_error(
@@ -190,7 +200,7 @@ async def test_states_gives_each_node_its_document_or_its_error(
 ) -> None:
     good, _ = bad_node
     answers = await NodeClient(session, 2.0).states({"a": good, "b": "127.0.0.1:1"})
-    assert answers["a"] == {"loop": LOOP}
+    assert answers["a"] == StateDocument(node="n-0", loop=LOOP)
     refused = answers["b"]
     assert isinstance(refused, NodeError)
     assert refused.address == "127.0.0.1:1"

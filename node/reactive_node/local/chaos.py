@@ -34,6 +34,7 @@ import msgspec
 
 from reactive_node.core import auth, contract, history, timeline, verdict
 from reactive_node.core.behaviors.base import canonical
+from reactive_node.core.codec import StateDocument
 from reactive_node.local import inject, runfile
 from reactive_node.runtime import keyfiles
 from reactive_node.runtime.client import NodeClient, NodeError
@@ -231,7 +232,7 @@ class _Collector:
         }
 
 
-async def _state(nodes: NodeClient, address: str) -> Mapping[str, Any] | None:
+async def _state(nodes: NodeClient, address: str) -> StateDocument | None:
     try:
         return await nodes.state(address)
     except NodeError:
@@ -314,11 +315,7 @@ class Chaos:
             deadline = time.monotonic() + RESTART_DEADLINE
             while time.monotonic() < deadline:
                 state = await _state(nodes, self.loop.addresses[ordinal])
-                if (
-                    state is not None
-                    and state.get("ready")
-                    and (old is None or state.get("boot") != old.get("boot"))
-                ):
+                if state is not None and state.ready and (old is None or state.boot != old.boot):
                     break
                 await asyncio.sleep(0.1)
             self.faults[index] = verdict.Fault("kill", start, time.time(), (name,))
@@ -404,10 +401,10 @@ class Chaos:
         states = await asyncio.gather(*(_state(nodes, a) for a in self.loop.addresses))
         if any(s is None for s in states):
             return False
-        summaries = [s.get("summary") or {} for s in states if s is not None]
+        summaries = [s.summary for s in states if s is not None]
         if self.behavior == "token":
-            return sum(1 for s in summaries if s.get("holding") is True) == 1
-        generations = {s.get("generation") for s in summaries}
+            return sum(1 for s in summaries if s.holding is True) == 1
+        generations = {s.generation for s in summaries}
         newest = max((i.generation for i in self.injections if i.ok), default=None)
         return len(generations) == 1 and (newest is None or newest in generations)
 
@@ -421,7 +418,7 @@ class Chaos:
             deadline = time.monotonic() + READY_DEADLINE
             while True:
                 states = await asyncio.gather(*(_state(nodes, a) for a in self.loop.addresses))
-                if all(s is not None and s.get("ready") for s in states):
+                if all(s is not None and s.ready for s in states):
                     break
                 if time.monotonic() > deadline:
                     raise ScenarioError(
@@ -431,7 +428,7 @@ class Chaos:
             started = time.time()
             baseline: dict[str, tuple[int, str] | None] = {}
             for name, s in zip(self.names, states, strict=True):
-                st = (s or {}).get("state")
+                st = None if s is None else s.state
                 if isinstance(st, Mapping) and isinstance(st.get("generation"), int):
                     baseline[name] = (
                         int(st["generation"]),

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import msgspec
 
 from reactive_node.core import auth, contract
-from reactive_node.core.codec import decode_state
+from reactive_node.core.codec import StateDocument, decode_state
 from reactive_node.local.runfile import RUN_FILE
 from reactive_node.runtime.client import NodeClient, NodeError
 from reactive_node.runtime.store import write_atomically
@@ -144,15 +145,18 @@ async def _inject(
     async with aiohttp.ClientSession() as session:
         nodes = NodeClient(session, request_timeout)
         answers = await nodes.states({a: a for a in addresses})
-        reachable: list[tuple[str, Mapping[str, Any]]] = []
-        for address, answer in answers.items():
-            if isinstance(answer, NodeError):
-                result.failures.append(str(answer))
+        reachable: list[tuple[str, StateDocument]] = []
+        for address, document in answers.items():
+            if isinstance(document, NodeError):
+                result.failures.append(str(document))
             else:
-                reachable.append((address, answer))
+                reachable.append((address, document))
         if not reachable:
             return result
-        seen = [_generation_of(s) for _, s in reachable]
+        seen = [
+            _generation_of({"summary": msgspec.to_builtins(d.summary), "state": d.state})
+            for _, d in reachable
+        ]
         state = injected_state(seen, target)
         if state_dir is not None:
             try:
@@ -165,8 +169,8 @@ async def _inject(
             try:
                 answer = await nodes.inject(
                     address,
-                    loop=str(known.get("loop")),
-                    recipient=str(known.get("node")),
+                    loop=str(known.loop),
+                    recipient=known.node,
                     boot=boot,
                     seq=seq,
                     state=state,

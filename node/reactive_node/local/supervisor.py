@@ -241,8 +241,7 @@ class Supervisor:
         async def one(view: NodeView) -> None:
             if not view.reachable or view.state is None:
                 return
-            boot = view.state.get("boot")
-            since = self.timeline.since_for(view.name, boot if isinstance(boot, int) else None)
+            since = self.timeline.since_for(view.name, view.state.boot)
             try:
                 page = await nodes.history(view.address, since)
             except NodeError:

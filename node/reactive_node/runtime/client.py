@@ -21,6 +21,7 @@ from typing import Any, Final
 import aiohttp
 
 from ..core import auth, codec, contract
+from ..core.codec import BadStateDocument, StateDocument, decode_state_document
 
 #: Longest part of a bad answer's body quoted in an error.
 QUOTED_CHARS: Final = 200
@@ -114,17 +115,21 @@ class NodeClient:
     async def _object(self, address: str, path: str) -> Mapping[str, Any]:
         return _object(address, path, await self._request("GET", address, path))
 
-    async def state(self, address: str) -> Mapping[str, Any]:
-        """The node's `/v1/state` document (a JSON object)."""
-        return await self._object(address, contract.STATE_PATH)
+    async def state(self, address: str) -> StateDocument:
+        """The node's `/v1/state` document; a malformed one is a NodeError that
+        says what is wrong where (`codec.decode_state_document`)."""
+        body = await self._object(address, contract.STATE_PATH)
+        try:
+            return decode_state_document(body)
+        except BadStateDocument as e:
+            reason = f"{contract.STATE_PATH} answered {e}"
+            raise NodeError(address, reason, 200, "state answered malformed") from e
 
-    async def states(
-        self, addresses: Mapping[str, str]
-    ) -> dict[str, Mapping[str, Any] | NodeError]:
+    async def states(self, addresses: Mapping[str, str]) -> dict[str, StateDocument | NodeError]:
         """Ask many nodes at once: {name: document, or the NodeError it gave}."""
         names = list(addresses)
 
-        async def one(name: str) -> Mapping[str, Any] | NodeError:
+        async def one(name: str) -> StateDocument | NodeError:
             try:
                 return await self.state(addresses[name])
             except NodeError as e:
