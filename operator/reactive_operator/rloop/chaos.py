@@ -506,7 +506,7 @@ class ClusterChaos:
         self.ready_deadline = ready_deadline
         self.restart_deadline = restart_deadline
         self.say = say
-        self.names = [f"{loop.name}-{i}" for i in range(loop.replicas)]
+        self.names = [c.node_name(loop.name, i) for i in range(loop.replicas)]
         self.collector = _Collector(self.names, say)
         self.cleanup = Cleanup(api, self.run_id, loop.name)
         self.faults: list[verdict.Fault] = []
