@@ -93,14 +93,21 @@ def node_problems(
     *,
     suspend: bool,
     target_generation: int | None,
+    bad_answer: str | None = None,
 ) -> list[str]:
     """What needs attention on one member node (empty when it is fine): its pod
-    not ready, the node not asked, a bad state, not looping, behind the target."""
+    not ready, the node not asked or its answer unusable (`bad_answer` says
+    why), a bad state, not looping, behind the target."""
     problems: list[str] = []
     if not pod.ready:
         problems.append(f"pod {pod.phase}, not ready")
     if report is None:
-        problems.append("unreachable: the operator cannot ask it" if pod.ip else "no pod IP yet")
+        if bad_answer is not None:
+            problems.append(f"bad answer: {bad_answer}")
+        else:
+            problems.append(
+                "unreachable: the operator cannot ask it" if pod.ip else "no pod IP yet"
+            )
         return problems
     if report.state_error:
         problems.append(f"invalid state: {report.state_error}")
@@ -123,10 +130,12 @@ def attention(
     *,
     suspend: bool,
     target_generation: int | None,
+    bad_answers: Mapping[str, str] | None = None,
 ) -> list[str]:
     """One line `<pod>: <problems>` per member node that needs attention, by
     ordinal; `wanted` (spec.replicas, None while the spec is rejected) also
     names the members that have no pod."""
+    bad_answers = bad_answers or {}
     by_ordinal = {p.ordinal: p for p in members}
     ordinals = set(by_ordinal) | (set(range(wanted)) if wanted is not None else set())
     terminating = {p.ordinal for p in all_pods if p.deleting}
@@ -138,7 +147,11 @@ def attention(
             lines.append(f"{pod_name(name, ordinal)}: {problem}")
             continue
         problems = node_problems(
-            pod, reports.get(pod.name), suspend=suspend, target_generation=target_generation
+            pod,
+            reports.get(pod.name),
+            suspend=suspend,
+            target_generation=target_generation,
+            bad_answer=bad_answers.get(pod.name),
         )
         if problems:
             lines.append(_clip(f"{pod.name}: {'; '.join(problems)}", MAX_NODE_LINE))
@@ -171,6 +184,7 @@ def aggregate(
     previous_conditions: Sequence[Mapping[str, Any]],
     now: str,
     refusal: tuple[str, str] | None = None,
+    bad_answers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Compute the full status of one loop.
 
@@ -376,6 +390,7 @@ def aggregate(
         member_reports,
         suspend=spec is not None and spec.suspend,
         target_generation=status.get("targetGeneration"),
+        bad_answers=bad_answers,
     )
     if unwell:
         status["nodes"] = unwell[:MAX_NODES_IN_STATUS]
