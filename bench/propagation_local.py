@@ -49,7 +49,6 @@ from reactive_node.local.inject import set_target
 from reactive_node.local.runfile import RunFileError, read_run_file
 
 T = TypeVar("T")
-TOPOLOGIES = ("ring", "mesh", "star")
 START_DEADLINE = 180.0
 STOP_DEADLINE = 30.0
 
@@ -311,7 +310,9 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--nodes", type=int, nargs="+", default=[5, 20])
-    parser.add_argument("--topologies", nargs="+", choices=TOPOLOGIES, default=["ring", "mesh"])
+    parser.add_argument(
+        "--topologies", nargs="+", choices=contract.TOPOLOGIES, default=["ring", "mesh"]
+    )
     parser.add_argument("--injections", type=int, default=20, help="per loop (default 20)")
     parser.add_argument("--interval", type=float, default=1.0, help="node interval, s")
     parser.add_argument("--poll", type=float, default=0.05, help="poll period, s")

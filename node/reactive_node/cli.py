@@ -25,11 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reactive_node.core import contract
 from reactive_node.core.behaviors import Converge, InvalidState
 
-BEHAVIORS = ("converge", "token")
-TOPOLOGIES = ("ring", "mesh", "star")
-MAX_NODES = 200
 DEFAULT_STATE_DIR = Path(".reactive-loop")
 EXIT_USAGE = 2
 
@@ -49,8 +47,10 @@ def _node_count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= MAX_NODES:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_NODES}, got {value}")
+    if not contract.MIN_REPLICAS <= value <= contract.MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(
+            f"must be between {contract.MIN_REPLICAS} and {contract.MAX_REPLICAS}, got {value}"
+        )
     return value
 
 
@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a loop of N nodes as local processes on 127.0.0.1")
     run.add_argument("--nodes", type=_node_count, default=5, help="number of nodes (default 5)")
-    run.add_argument("--behavior", choices=BEHAVIORS, default="converge")
-    run.add_argument("--topology", choices=TOPOLOGIES, default="ring")
+    run.add_argument("--behavior", choices=contract.BEHAVIORS, default="converge")
+    run.add_argument("--topology", choices=contract.TOPOLOGIES, default="ring")
     run.add_argument("--interval", type=_positive_float, help="seconds between round trips")
     run.add_argument("--duration", type=_positive_float, help="stop after S seconds, summarise")
     run.add_argument(
@@ -222,7 +222,7 @@ def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         and args.base_port <= args.view_port < args.base_port + args.nodes
     ):
         parser.error("--view-port falls inside the node port range")
-    if not args.loop or len(args.loop) > 63 or not args.loop.replace("-", "").isalnum():
+    if not contract.is_local_loop_name(args.loop or ""):
         parser.error(f"--loop must be a short name of letters, digits and '-', got {args.loop!r}")
     if args.state_dir.exists() and not args.state_dir.is_dir():
         parser.error(f"--state-dir {args.state_dir} exists and is not a directory")

@@ -62,7 +62,7 @@ class NodeDefaults:
 
 
 def pod_name(loop: str, ordinal: int) -> str:
-    return f"{loop}-{ordinal}"
+    return c.node_name(loop, ordinal)
 
 
 def hmac_secret_name(loop: str) -> str:

@@ -18,7 +18,7 @@ pods) and `injection_due` (whether a target is to be injected now).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reactive_node.core import contract as c
@@ -203,7 +203,8 @@ class Observed:
     """The loop's current status."""
     pods: tuple[PodView, ...]
     reports: Mapping[str, NodeReport | None]
-    """Each asked node's `/v1/state` (None: it could not be asked)."""
+    """Each asked node's `/v1/state` (None: it could not be asked, or its answer
+    was not a state document)."""
     remembered: Remembered
     now: float
     """Monotonic seconds (backoff, ensure interval)."""
@@ -212,6 +213,9 @@ class Observed:
     shared_due: bool = False
     budget: Mapping[str, Any] | None = None
     """The PodDisruptionBudget under the loop's name (read when `shared_due`)."""
+    bad_answers: Mapping[str, str] = field(default_factory=dict)
+    """Why a node that answered gave no report (not JSON, not a state document),
+    by node; the status shows it as that node's problem."""
     network_policy: Mapping[str, Any] | None = None
     """The NetworkPolicy under the loop's name (read when `shared_due`)."""
     rbac_ordinals: frozenset[int] = frozenset()
@@ -589,6 +593,7 @@ def settle(observed: Observed, wanted: Wanted, remembered: Remembered) -> dict[s
         previous_conditions=observed.status.get("conditions") or [],
         now=observed.wall,
         refusal=refusal,
+        bad_answers=observed.bad_answers,
     )
     # Kept also once auth is off (not an owned key `status_patch` clears): a
     # Secret of that name stays the loop's if HMAC is switched on again.

@@ -37,10 +37,10 @@ from .decide import Decision, Event, Observed, Remembered, SecretCheck, Wanted
 from .kube import Kube, KubeError
 from .memo import LoopKey, LoopMemo, Memos
 from .metrics import OperatorMetrics
-from .nodes import NodeClient
+from .nodes import NodeClient, NodeError
 from .plan import PodView
 from .spec import LoopSpec, SpecError, check_name, parse_spec
-from .status import NodeReport, parse_report, status_patch
+from .status import NodeReport, status_patch
 
 #: Nodes whose objects are created at the same time (API requests in flight).
 CREATE_CONCURRENCY = 8
@@ -106,16 +106,26 @@ def _now() -> str:
 
 async def poll(
     nodes: NodeClient, pods: Sequence[PodView], spec: LoopSpec | None
-) -> dict[str, NodeReport | None]:
-    """Every running member node's `/v1/state`, asked at once (None: not answered)."""
+) -> tuple[dict[str, NodeReport | None], dict[str, str]]:
+    """Every running member node's `/v1/state`, asked at once: the reports (None:
+    not answered, or not a state document) and, for the nodes that answered
+    something that is not a state document, why (`Observed.bad_answers`)."""
     wanted = spec.replicas if spec is not None else len(pods)
     ips = {
         p.name: p.ip
         for p in pods
         if p.ip and not p.deleting and p.ordinal < wanted and p.phase == "Running"
     }
-    answers = await nodes.states(ips)
-    return {n: (parse_report(a) if a is not None else None) for n, a in answers.items()}
+    reports: dict[str, NodeReport | None] = {}
+    bad: dict[str, str] = {}
+    for name, answer in (await nodes.states(ips)).items():
+        if isinstance(answer, NodeError):
+            reports[name] = None
+            if answer.status == 200:  # it answered, but not with a state document
+                bad[name] = answer.reason
+        else:
+            reports[name] = answer
+    return reports, bad
 
 
 async def observe(
@@ -133,7 +143,7 @@ async def observe(
     status: Mapping[str, Any] = body.get("status") or {}
     spec = wanted.spec
     now = time.monotonic()
-    reports = await poll(deps.nodes, pods, spec)
+    reports, bad_answers = await poll(deps.nodes, pods, spec)
     observed = Observed(
         owner=owner,
         generation=generation,
@@ -143,6 +153,7 @@ async def observe(
         remembered=remembered,
         now=now,
         wall=_now(),
+        bad_answers=bad_answers,
     )
     if spec is None:
         return observed

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from reactive_node.core import contract as c
 from reactive_node.core.behaviors.base import DRIFT_FACTOR, default_lease
 from reactive_node.core.codec import BadBody, check_bounds
 
@@ -25,12 +26,10 @@ from reactive_node.core.codec import BadBody, check_bounds
 #: annotations share a 256 KiB budget; a target is copied into every node's
 #: state annotation and into round-trip bodies (64 KiB limit).
 MAX_TARGET_BYTES = 8 * 1024
-MAX_REPLICAS = 200
 _PYTHON_BEHAVIOR = re.compile(
     r"^python:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 )
-_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME = 40
+_NAME = re.compile(c.LOOP_NAME_PATTERN)
 #: A DNS-1123 label (a container's or a volume's name).
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: A DNS-1123 subdomain (a Secret's or a PriorityClass's name).
@@ -131,16 +130,16 @@ class DisruptionBudget(_Model):
     @classmethod
     def _max(cls, value: int | str) -> int | str:
         if isinstance(value, int):
-            if not 1 <= value <= MAX_REPLICAS:
+            if not 1 <= value <= c.MAX_REPLICAS:
                 raise ValueError(
-                    f"must be a count 1..{MAX_REPLICAS} or a percentage 1%..100%, got {value}"
+                    f"must be a count 1..{c.MAX_REPLICAS} or a percentage 1%..100%, got {value}"
                 )
             return value
         text = value.strip()
         if text.endswith("%") and text[:-1].isdigit() and 1 <= int(text[:-1]) <= 100:
             return text
         raise ValueError(
-            f"must be a count 1..{MAX_REPLICAS} or a percentage 1%..100%, got {value!r}"
+            f"must be a count 1..{c.MAX_REPLICAS} or a percentage 1%..100%, got {value!r}"
         )
 
 
@@ -179,9 +178,9 @@ def _check_named(items: list[dict[str, Any]], reserved: frozenset[str]) -> None:
 class LoopSpec(_Model):
     """`spec` of a ReactiveLoop with every default filled in."""
 
-    replicas: int = Field(3, ge=1, le=MAX_REPLICAS)
+    replicas: int = Field(3, ge=c.MIN_REPLICAS, le=c.MAX_REPLICAS)
     behavior: str = "converge"
-    topology: Literal["ring", "mesh", "star"] = "ring"
+    topology: c.TopologyName = "ring"
     target: dict[str, Any] | None = None
     token: TokenSettings = Field(default_factory=lambda: TokenSettings.model_validate({}))
     loop: LoopTimings = Field(default_factory=lambda: LoopTimings.model_validate({}))
@@ -297,10 +296,12 @@ class LoopSpec(_Model):
     @field_validator("behavior")
     @classmethod
     def _behavior(cls, value: str) -> str:
-        if value in ("converge", "token") or _PYTHON_BEHAVIOR.match(value):
+        if value in c.BEHAVIORS or _PYTHON_BEHAVIOR.match(value):
             return value
+        builtin = ", ".join(repr(b) for b in c.BEHAVIORS)
         raise ValueError(
-            f"behavior must be 'converge', 'token' or 'python:package.module:Class', got {value!r}"
+            f"behavior must be {builtin} or '{c.CUSTOM_BEHAVIOR_PREFIX}package.module:Class',"
+            f" got {value!r}"
         )
 
     @field_validator("target")
@@ -350,7 +351,7 @@ class LoopSpec(_Model):
 
     @property
     def is_custom(self) -> bool:
-        return self.behavior.startswith("python:")
+        return self.behavior.startswith(c.CUSTOM_BEHAVIOR_PREFIX)
 
     @property
     def injects_target(self) -> bool:
@@ -379,9 +380,10 @@ def parse_spec(spec: Mapping[str, Any]) -> LoopSpec:
 
 def check_name(name: str) -> None:
     """Raise `SpecError` unless `name` can name the loop's Service and pods."""
-    if not _NAME.match(name) or len(name) > MAX_NAME:
+    if not _NAME.match(name) or len(name) > c.MAX_LOOP_NAME:
         raise SpecError(
-            f"metadata.name {name!r} must be a DNS-1035 label of at most {MAX_NAME} characters"
+            f"metadata.name {name!r} must be a DNS-1035 label of at most"
+            f" {c.MAX_LOOP_NAME} characters"
         )
 
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from reactive_node.core.contract import MAX_STATE_INT, MAX_WIRE_INT
+from reactive_node.core.codec import BadStateDocument, StateDocument, decode_state_document
 
 from .builders import pod_name, selector
 from .plan import PodView
@@ -34,45 +33,19 @@ MAX_NODE_LINE = 200
 MAX_MESSAGE = 512
 
 
-#: A number from a node's state, as the node bounds it: fits the status (int64).
-StateInt = Annotated[int, Field(ge=0, le=MAX_STATE_INT)]
-#: A node's own counter; int64 like every integer of the status.
-Counter = Annotated[int, Field(ge=0, le=MAX_WIRE_INT)]
+#: The part of a node's `/v1/state` answer the operator uses is the node's own
+#: schema (`reactive_node.core.codec.StateDocument`): a number out of the node's
+#: bounds makes it no report (the node counts as unreachable), so nothing a node
+#: says can make the status unwritable.
+NodeReport = StateDocument
 
 
-class Summary(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    generation: StateInt | None = None
-    target: Any = None
-    holding: bool | None = None
-    """Acting as the holder (token: its lease is fresh)."""
-    held: bool | None = None
-    """Token: has the token in its state, acting or still gathering its lease."""
-    epoch: tuple[StateInt, StateInt] | None = None
-
-
-class NodeReport(BaseModel):
-    """The part of a node's `/v1/state` answer the operator uses. A number out of
-    the node's bounds makes it no report (the node counts as unreachable), so
-    nothing a node says can make the status unwritable."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    node: str
-    ordinal: int | None = None
-    ready: bool = False
-    phase: str = "starting"
-    loops: Counter = 0
-    waits: Counter = 0
-    last_wait_reason: str | None = Field(None, alias="lastWaitReason")
-    state_error: str | None = Field(None, alias="stateError")
-    summary: Summary = Field(default_factory=Summary)
-
-
-def parse_report(raw: Mapping[str, Any]) -> NodeReport | None:
-    """A node answer, or None if it is not one (counted as unreachable)."""
+def parse_report(raw: Any) -> NodeReport | None:
+    """A node answer (JSON bytes or decoded), or None if it is not one (counted
+    as unreachable); `reactive_node.runtime.client` decodes the answers it reads."""
     try:
-        return NodeReport.model_validate(dict(raw))
-    except ValidationError:
+        return decode_state_document(raw)
+    except BadStateDocument:
         return None
 
 
@@ -120,14 +93,21 @@ def node_problems(
     *,
     suspend: bool,
     target_generation: int | None,
+    bad_answer: str | None = None,
 ) -> list[str]:
     """What needs attention on one member node (empty when it is fine): its pod
-    not ready, the node not asked, a bad state, not looping, behind the target."""
+    not ready, the node not asked or its answer unusable (`bad_answer` says
+    why), a bad state, not looping, behind the target."""
     problems: list[str] = []
     if not pod.ready:
         problems.append(f"pod {pod.phase}, not ready")
     if report is None:
-        problems.append("unreachable: the operator cannot ask it" if pod.ip else "no pod IP yet")
+        if bad_answer is not None:
+            problems.append(f"bad answer: {bad_answer}")
+        else:
+            problems.append(
+                "unreachable: the operator cannot ask it" if pod.ip else "no pod IP yet"
+            )
         return problems
     if report.state_error:
         problems.append(f"invalid state: {report.state_error}")
@@ -150,10 +130,12 @@ def attention(
     *,
     suspend: bool,
     target_generation: int | None,
+    bad_answers: Mapping[str, str] | None = None,
 ) -> list[str]:
     """One line `<pod>: <problems>` per member node that needs attention, by
     ordinal; `wanted` (spec.replicas, None while the spec is rejected) also
     names the members that have no pod."""
+    bad_answers = bad_answers or {}
     by_ordinal = {p.ordinal: p for p in members}
     ordinals = set(by_ordinal) | (set(range(wanted)) if wanted is not None else set())
     terminating = {p.ordinal for p in all_pods if p.deleting}
@@ -165,7 +147,11 @@ def attention(
             lines.append(f"{pod_name(name, ordinal)}: {problem}")
             continue
         problems = node_problems(
-            pod, reports.get(pod.name), suspend=suspend, target_generation=target_generation
+            pod,
+            reports.get(pod.name),
+            suspend=suspend,
+            target_generation=target_generation,
+            bad_answer=bad_answers.get(pod.name),
         )
         if problems:
             lines.append(_clip(f"{pod.name}: {'; '.join(problems)}", MAX_NODE_LINE))
@@ -198,6 +184,7 @@ def aggregate(
     previous_conditions: Sequence[Mapping[str, Any]],
     now: str,
     refusal: tuple[str, str] | None = None,
+    bad_answers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Compute the full status of one loop.
 
@@ -403,6 +390,7 @@ def aggregate(
         member_reports,
         suspend=spec is not None and spec.suspend,
         target_generation=status.get("targetGeneration"),
+        bad_answers=bad_answers,
     )
     if unwell:
         status["nodes"] = unwell[:MAX_NODES_IN_STATUS]

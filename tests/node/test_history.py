@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 import time
 from typing import Any
 
@@ -339,3 +340,87 @@ async def test_token_decisions_name_the_round_trips_they_rest_on() -> None:
     acquire = entries[kinds.index("acquire")]["rt"]
     assert (int(acquire["boot"]), acquire["seq"]) != (int(regenerate["boot"]), regenerate["seq"])
     assert acquire["at"] >= regenerate["at"]
+
+
+# --------------------------------------------------------- merge_page (readers)
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _page(boot: int, entries: list[dict[str, Any]], following: int) -> dict[str, Any]:
+    return {"loop": LOOP, "node": "n-0", "boot": boot, "next": following, "entries": entries}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    count=st.integers(0, 30),
+    cuts=st.lists(st.integers(0, 30), max_size=4),
+    boot=st.integers(0, contract.MAX_WIRE_INT),
+)
+def test_merge_page_pages_equal_one_full_read(count: int, cuts: list[int], boot: int) -> None:
+    """Reading a history in pages by `next` gives what one full read gives."""
+    entries = [{"seq": i + 1, "rev": i + 1, "kind": "edit", "at": float(i)} for i in range(count)]
+    full = history.merge_page({}, None, _page(boot, entries, count), incremental=False)
+    assert full is not None
+    polled: dict[tuple[int, int], dict[str, Any]] = {}
+    cursor: tuple[int, int] | None = None
+    for cut in [*sorted(min(c, count) for c in cuts), count]:
+        since = 0 if cursor is None else cursor[1]
+        page = _page(boot, entries[since:cut] if cut >= since else [], max(cut, since))
+        merged = history.merge_page(polled, cursor, page, incremental=cursor is not None)
+        assert merged is not None
+        polled, cursor = merged
+    assert polled == full[0]
+    assert cursor == (boot, count)
+    assert all(v["boot"] == str(boot) for v in polled.values())
+
+
+def test_merge_page_new_process_reads_again_and_leaves_entries() -> None:
+    polled = {(5, 1): {"seq": 1, "boot": "5"}}
+    page = _page(6, [{"seq": 9}], 9)
+    assert history.merge_page(polled, (5, 1), page, incremental=True) is None
+    assert polled == {(5, 1): {"seq": 1, "boot": "5"}}
+    merged = history.merge_page(polled, (5, 1), page, incremental=False)
+    assert merged == ({(5, 1): {"seq": 1, "boot": "5"}, (6, 9): {"seq": 9, "boot": "6"}}, (6, 9))
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ([], "history page is list, not an object"),
+        ({"entries": {}}, "'entries' is dict, not a list"),
+        ({"entries": [], "boot": "12"}, "'boot' is '12', not an integer"),
+        ({"entries": [], "boot": None}, "'boot' is None, not an integer"),
+        ({"entries": [], "boot": True}, "'boot' is True, not an integer"),
+        ({"entries": [], "boot": -1}, "'boot' is -1, not an integer"),
+        ({"entries": [], "boot": 1.5}, "'boot' is 1.5, not an integer"),
+        ({"entries": [], "boot": 2**63}, "not an integer 0..2^63-1"),
+        ({"entries": [], "boot": 1, "next": "3"}, "'next' is '3', not an integer"),
+    ],
+)
+def test_merge_page_refuses_what_is_not_a_page(doc: Any, message: str) -> None:
+    with pytest.raises(history.BadHistoryPage, match=re.escape(message)):
+        history.merge_page({}, (1, 0), doc, incremental=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_JSON | st.dictionaries(st.sampled_from(["boot", "next", "entries", "x"]), _JSON))
+def test_merge_page_never_crashes_on_any_json(doc: Any) -> None:
+    """Whatever a node answers: a merge or BadHistoryPage, never another error."""
+    try:
+        merged = history.merge_page({}, (1, 0), doc, incremental=True)
+    except history.BadHistoryPage as e:
+        error = str(e)
+        assert error.startswith("history page")
+        return
+    if merged is not None:
+        entries, (boot, following) = merged
+        assert isinstance(boot, int)
+        assert isinstance(following, int)
+        assert all(isinstance(k[1], int) for k in entries)

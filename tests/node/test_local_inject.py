@@ -38,7 +38,11 @@ def refusing_app(generation: int) -> web.Application:
 
     async def state(request: web.Request) -> web.Response:
         return web.json_response(
-            {"loop": "inject", "state": {"generation": generation, "target": "old"}}
+            {
+                "loop": "inject",
+                "node": "inject-1",
+                "state": {"generation": generation, "target": "old"},
+            }
         )
 
     async def roundtrip(request: web.Request) -> web.Response:

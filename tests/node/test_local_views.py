@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from reactive_node.core import contract
+from reactive_node.core.codec import decode_state_document
 from reactive_node.local.inject import injected_state
 from reactive_node.local.runfile import RunFile, RunFileError, RunOptions, read_run_file
 from reactive_node.local.supervisor import free_ports, node_environment
@@ -63,7 +64,7 @@ def view(ordinal: int, body: dict[str, Any] | None, *, running: bool = True) -> 
         ordinal=ordinal,
         address=f"127.0.0.1:{9000 + ordinal}",
         running=running,
-        state=body,
+        state=None if body is None else decode_state_document(body),
         error=None if body is not None else "ClientConnectorError",
     )
 

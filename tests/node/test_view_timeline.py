@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from node.test_view import dump_dom, model, serve
+from reactive_node.core.codec import decode_state_document
 from reactive_node.local.views import TIMELINE_EVENTS, NodeView, Timeline
 from reactive_node.local.web import create_view_app
 
@@ -16,7 +17,9 @@ def view(i: int, loops: int, waits: int, phase: str = "looping") -> NodeView:
     v = NodeView(name=f"local-{i}", ordinal=i, address=f"127.0.0.1:{9000 + i}")
     v.running = phase != "down"
     if phase not in ("down", "unreachable"):
-        v.state = {"phase": phase, "loops": loops, "waits": waits}
+        v.state = decode_state_document(
+            {"node": v.name, "phase": phase, "loops": loops, "waits": waits}
+        )
     else:
         v.error = "timeout"
     return v

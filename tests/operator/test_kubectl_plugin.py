@@ -30,6 +30,7 @@ from localcluster import Cluster as LocalCluster
 from reactive_node.core import contract as c
 from reactive_node.core import history as node_history
 from reactive_node.core.behaviors.base import canonical, default_lease
+from reactive_node.core.codec import StateDocument, decode_state_document
 from reactive_operator.rloop import chaos, cli, kube, view
 
 NOW = 1_800_000_000.0
@@ -166,6 +167,10 @@ def node_state(
     }
 
 
+def node_doc(**kw: Any) -> StateDocument:
+    return decode_state_document({"node": "demo-0", **node_state(**kw)})
+
+
 def test_status_table_converge() -> None:
     loop = view.LoopInfo("demo", "ns1", "converge", "ring", 3)
     edges = [
@@ -179,7 +184,7 @@ def test_status_table_converge() -> None:
             True,
             "Running",
             0,
-            node_state(edges=edges),
+            node_doc(edges=edges),
             {"timeout": 3, "unreachable": 1},
             via="port-forward",
         ),
@@ -211,11 +216,11 @@ def test_status_table_converge() -> None:
 def test_status_table_token_and_settled() -> None:
     loop = view.LoopInfo("relay", "ns1", "token", "ring", 3)
     rows = [
-        view.NodeRow(0, "relay-0", True, "Running", 0, node_state(holding=True, epoch=[2, 5])),
+        view.NodeRow(0, "relay-0", True, "Running", 0, node_doc(holding=True, epoch=[2, 5])),
         view.NodeRow(
-            1, "relay-1", True, "Running", 0, node_state(holding=False, held=True, epoch=[2, 4])
+            1, "relay-1", True, "Running", 0, node_doc(holding=False, held=True, epoch=[2, 4])
         ),
-        view.NodeRow(2, "relay-2", True, "Running", 0, node_state(holding=False)),
+        view.NodeRow(2, "relay-2", True, "Running", 0, node_doc(holding=False)),
     ]
     assert view.decision("token", rows[0]) == "holder e=[2,5]"
     assert view.decision("token", rows[1]) == "held e=[2,4] (lease stale)"
@@ -223,7 +228,7 @@ def test_status_table_token_and_settled() -> None:
     text = view.render_status(loop, rows, NOW, "proxy")
     assert "HOLDER" in text.splitlines()[1]
     assert "settled: yes" in text
-    two = [rows[0], replace(rows[1], state=node_state(holding=True, epoch=[2, 6]))]
+    two = [rows[0], replace(rows[1], state=node_doc(holding=True, epoch=[2, 6]))]
     assert not view.settled("token", two)
 
 
@@ -643,6 +648,7 @@ class FakeWorld:
             node = self.nodes[ordinal]
             if path == c.STATE_PATH:
                 return {
+                    "node": pod,
                     **node_state(generation=1, loops=node.loops, waits=0, boot=node.boot),
                     "state": {"generation": 1, "target": {"t": 1}},
                 }
@@ -1084,3 +1090,77 @@ def test_port_forwards_never_take_over_other_threads_calls(
         for t in openers:
             t.join(10)
     assert failures == []
+
+
+class _OnePage:
+    """A NodesApi whose every node answers `doc` to `/v1/history`."""
+
+    via = "proxy"
+
+    def __init__(self, doc: Any) -> None:
+        self.doc = doc
+
+    def get_json(self, pod: str, path: str, query: Sequence[tuple[str, str]] = ()) -> Any:
+        return self.doc
+
+    def forget(self, pod: str) -> None:
+        return None
+
+
+def test_chaos_collector_reports_a_bad_history_page_once_and_keeps_going() -> None:
+    said: list[str] = []
+    collector = chaos._Collector(["demo-0"], said.append)
+    bad = _OnePage({"boot": "not a number", "next": 1, "entries": [{"seq": 1}]})
+    collector.poll_one(bad, "demo-0")
+    collector.poll_one(bad, "demo-0")
+    assert said == ["demo-0: history page: 'boot' is 'not a number', not an integer 0..2^63-1"]
+    assert collector.histories() == {"demo-0": []}
+    collector.poll_one(_OnePage({"boot": 7, "next": 1, "entries": [{"seq": 1}]}), "demo-0")
+    assert collector.histories() == {"demo-0": [{"seq": 1, "boot": "7"}]}
+
+
+@dataclass
+class _Pod:
+    name: str
+    ordinal: int
+    ready: bool = True
+    phase: str = "Running"
+    restarts: int = 0
+    deleting: bool = False
+
+
+class _Cluster:
+    def pods(self, loop: str) -> list[_Pod]:
+        return [_Pod(f"{loop}-{i}", i) for i in range(3)]
+
+
+class _Reader:
+    """demo-0 answers a good document, demo-1 a malformed one, demo-2 not JSON."""
+
+    def __init__(self) -> None:
+        self.pod_via: dict[str, str] = {}
+
+    def get_json(self, pod: str, path: str, query: Sequence[tuple[str, str]] = ()) -> Any:
+        if pod == "demo-0":
+            return {"node": pod, **node_state()}
+        if pod == "demo-1":
+            return {"node": pod, "loops": "many"}
+        raise kube.NodeReadError(f"{pod}: {path} answered 200 but not JSON")
+
+    def get(self, pod: str, path: str) -> bytes:
+        return b""
+
+
+def test_a_malformed_state_document_is_the_nodes_error() -> None:
+    loop = view.LoopInfo("demo", "ns1", "converge", "ring", 3)
+    rows = cli.collect_rows(_Cluster(), _Reader(), loop)
+    assert rows[0].state is not None
+    assert rows[0].state.loops == 40
+    assert rows[0].error is None
+    assert rows[1].state is None
+    assert rows[1].error == (
+        "/v1/state: not a state document: Expected `int`, got `str` - at `$.loops`"
+    )
+    text = view.render_status(loop, rows, NOW, "proxy")
+    assert "/v1/state: not a state document" in text.splitlines()[3]
+    assert rows[2].error == "demo-2: /v1/state answered 200 but not JSON"

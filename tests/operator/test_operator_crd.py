@@ -13,11 +13,12 @@ import kopf
 import pytest
 import yaml
 from localcluster import Cluster
+from reactive_node.core import contract
 from reactive_operator import builders
 from reactive_operator.builders import NodeDefaults, Owner
 from reactive_operator.config import OperatorConfig
 from reactive_operator.main import kopf_settings
-from reactive_operator.spec import MAX_REPLICAS, SpecError, parse_spec
+from reactive_operator.spec import SpecError, parse_spec
 
 CRD = (
     Path(__file__).resolve().parents[2] / "charts" / "reactive-loop" / "crds" / "reactiveloops.yaml"
@@ -59,10 +60,10 @@ def test_schema_defaults_equal_the_model_defaults() -> None:
     props = spec_schema()["properties"]
     model = parse_spec({})
     assert props["replicas"]["default"] == model.replicas
-    assert props["replicas"]["maximum"] == MAX_REPLICAS
+    assert props["replicas"]["maximum"] == contract.MAX_REPLICAS
     assert props["behavior"]["default"] == model.behavior
     assert props["topology"]["default"] == model.topology
-    assert set(props["topology"]["enum"]) == {"ring", "mesh", "star"}
+    assert tuple(props["topology"]["enum"]) == contract.TOPOLOGIES
     loop = props["loop"]["properties"]
     assert loop["interval"]["default"] == model.loop.interval
     assert loop["timeout"]["default"] == model.loop.timeout
@@ -440,3 +441,14 @@ def test_the_disruption_budget_and_a_pod_with_every_field_are_valid_objects(
         "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_crd_bounds_equal_the_contract() -> None:
+    """The chart's CRD repeats the contract's names and limits as literals."""
+    props = spec_schema()["properties"]
+    assert props["replicas"]["minimum"] == contract.MIN_REPLICAS
+    assert props["replicas"]["maximum"] == contract.MAX_REPLICAS
+    assert tuple(props["topology"]["enum"]) == contract.TOPOLOGIES
+    rules = " ".join(r["rule"] for r in props["behavior"].get("x-kubernetes-validations", []))
+    accepted = "|".join(contract.BEHAVIORS) + "|" + contract.CUSTOM_BEHAVIOR_PREFIX
+    assert f"^({accepted}" in rules

@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from reactive_node.core import contract as c
+from reactive_node.core.codec import StateDocument, decode_state_document
 from reactive_operator import builders
 from reactive_operator.builders import Owner
 from reactive_operator.config import load
@@ -85,9 +86,11 @@ class Nodes:
     def __init__(self, generation: int = 0) -> None:
         self.generation = generation
 
-    async def states(self, ips: Mapping[str, str]) -> dict[str, Any]:
+    async def states(self, ips: Mapping[str, str]) -> dict[str, StateDocument | None]:
         return {
-            n: {"node": n, "phase": "looping", "summary": {"generation": self.generation}}
+            n: decode_state_document(
+                {"node": n, "phase": "looping", "summary": {"generation": self.generation}}
+            )
             for n in ips
         }
 

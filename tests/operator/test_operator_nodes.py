@@ -15,17 +15,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 from reactive_node.core import contract as c
-from reactive_operator.nodes import NodeClient
+from reactive_node.core.codec import StateDocument
+from reactive_operator.nodes import NodeClient, NodeError
 from reactive_operator.plan import PodView
+from reactive_operator.reconcile import poll
 from reactive_operator.spec import parse_spec
-from reactive_operator.status import aggregate, parse_report
+from reactive_operator.status import aggregate
 
 pytestmark = pytest.mark.processes
 
@@ -140,7 +142,7 @@ async def test_poll_and_aggregate(client: NodeClient) -> None:
 
     async def all_looping() -> dict[str, Any] | None:
         answers = await client.states(ips)
-        reports = {n: (parse_report(a) if a else None) for n, a in answers.items()}
+        reports = {n: (None if isinstance(a, NodeError) else a) for n, a in answers.items()}
         if not all(r is not None and r.phase == "looping" for r in reports.values()):
             return None
         return aggregate(
@@ -164,3 +166,22 @@ async def test_poll_and_aggregate(client: NodeClient) -> None:
 
 async def test_unreachable_node_is_none(client: NodeClient) -> None:
     assert await client.state("127.0.0.9") is None
+
+
+class _Answers:
+    """Node answers as the shared client gives them."""
+
+    async def states(self, ips: Mapping[str, str]) -> dict[str, StateDocument | NodeError]:
+        return {
+            "oploop-0": StateDocument(node="oploop-0", phase="looping"),
+            "oploop-1": NodeError("10.0.0.3:8080", "/v1/state answered not a state document", 200),
+            "oploop-2": NodeError("10.0.0.4:8080", "/v1/state: no answer within 1s"),
+        }
+
+
+async def test_poll_keeps_why_an_answer_was_bad() -> None:
+    reports, bad = await poll(_Answers(), views(), parse_spec({"replicas": 3}))  # type: ignore[arg-type]
+    assert reports["oploop-0"] is not None
+    assert reports["oploop-1"] is None
+    assert reports["oploop-2"] is None
+    assert bad == {"oploop-1": "/v1/state answered not a state document"}

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 from prometheus_client import CollectorRegistry
 from reactive_node.core import contract as c
+from reactive_node.core.codec import StateDocument
 from reactive_operator import handlers
 from reactive_operator.config import load
 from reactive_operator.kube import KubeError, NotFound
@@ -65,7 +66,7 @@ class FakeKube:
 
 
 class FakeNodes:
-    async def states(self, ips: Mapping[str, str]) -> dict[str, Any]:
+    async def states(self, ips: Mapping[str, str]) -> dict[str, StateDocument | None]:
         return {}
 
 

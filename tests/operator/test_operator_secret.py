@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from reactive_node.core import contract as c
+from reactive_node.core.codec import StateDocument
 from reactive_operator import builders
 from reactive_operator.builders import Owner
 from reactive_operator.config import load
@@ -80,7 +81,7 @@ class SecretKube:
 
 
 class NoNodes:
-    async def states(self, ips: Mapping[str, str]) -> dict[str, Any]:
+    async def states(self, ips: Mapping[str, str]) -> dict[str, StateDocument | None]:
         return {}
 
 

@@ -304,3 +304,15 @@ def test_no_node_report_makes_the_status_unwritable(
             degraded = cond(status, "Degraded")
             assert degraded["reason"] == "InvalidNodeState"
             assert len(degraded["message"]) <= 512
+
+
+def test_a_bad_answer_is_the_nodes_problem_not_unreachable() -> None:
+    ps = pods(3)
+    reports = {"d-0": report("d-0"), "d-1": None, "d-2": None}
+    why = "/v1/state answered not a state document: Expected `int` >= 0 - at `$.loops`"
+    status = run({"replicas": 3}, ps, reports, bad_answers={"d-1": why})
+    assert status["nodes"] == [
+        f"d-1: bad answer: {why}",
+        "d-2: unreachable: the operator cannot ask it",
+    ]
+    assert status["looping"] == 1

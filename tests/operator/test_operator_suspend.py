@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from reactive_node.core import contract as c
+from reactive_node.core.codec import StateDocument, decode_state_document
 from reactive_operator import builders
 from reactive_operator.builders import Owner
 from reactive_operator.config import load
@@ -107,9 +108,11 @@ class Nodes:
         self.generation = generation
         self.phase = phase
 
-    async def states(self, ips: Mapping[str, str]) -> dict[str, Any]:
+    async def states(self, ips: Mapping[str, str]) -> dict[str, StateDocument | None]:
         return {
-            n: {"node": n, "phase": self.phase, "summary": {"generation": self.generation}}
+            n: decode_state_document(
+                {"node": n, "phase": self.phase, "summary": {"generation": self.generation}}
+            )
             for n in ips
         }
 

@@ -186,3 +186,88 @@ def decode_state(text: str) -> Any:
         raise BadBody(f"nested deeper than {MAX_STATE_DEPTH} levels") from None
     check_bounds(value)
     return value
+
+
+# --------------------------------------------------------- the /v1/state document
+
+#: A number from a behaviour state, as the node bounds it.
+StateInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_STATE_INT)]
+
+
+class StateSummary(msgspec.Struct):
+    """The behaviour-independent summary of a node's state
+    (`behaviors.base.Summary`, plus `held` when the node holds with a lease)."""
+
+    generation: StateInt | None = None
+    target: Any = None
+    holding: bool | None = None
+    """Acting as the holder (token with a lease: its lease is fresh)."""
+    held: bool | msgspec.UnsetType = msgspec.UNSET
+    """Token with a lease: the token is in its state, acting or still gathering
+    its lease. Absent (UNSET) otherwise."""
+    epoch: tuple[StateInt, StateInt] | None = None
+
+
+class StateEdge(msgspec.Struct):
+    """The last round trip a node made to one peer: its outcome and when."""
+
+    to: str
+    outcome: str
+    at: float
+
+
+class ProtocolInfo(msgspec.Struct):
+    """The protocol version a node speaks, and the versions its peers answered with."""
+
+    version: int
+    peers: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class StateDocument(msgspec.Struct, rename="camel"):
+    """A node's `GET /v1/state` answer (docs/node.md, "HTTP API").
+
+    The node encodes it (`runtime.node.Node.state_document`); the operator, local
+    mode and the kubectl plugin decode it with `decode_state_document`. Every
+    field but `node` has a default, so an older node's document still decodes;
+    unknown fields are ignored, so a newer node's does too."""
+
+    node: Name
+    loop: str | None = None
+    ordinal: int | None = None
+    behavior: str | None = None
+    topology: str | None = None
+    boot: Count | None = None
+    ready: bool = False
+    phase: str = "starting"
+    loops: Count = 0
+    waits: Count = 0
+    last_wait_reason: str | None = None
+    last_loop_at: float | None = None
+    replicas: int | None = None
+    suspended: bool = False
+    state: Any = msgspec.field(default_factory=dict)
+    """The behaviour state as the node holds it (`{}` before it has one)."""
+    state_error: str | None = None
+    summary: StateSummary = msgspec.field(default_factory=StateSummary)
+    edges: list[StateEdge] = msgspec.field(default_factory=list)
+    auth: dict[str, Any] | None = None
+    protocol: ProtocolInfo | None = None
+
+
+class BadStateDocument(ValueError):
+    """A `/v1/state` answer that is not a state document; the message names the
+    first problem and where (`$.summary.generation`)."""
+
+
+_decode_state_document = msgspec.json.Decoder(StateDocument).decode
+
+
+def decode_state_document(value: Any) -> StateDocument:
+    """A `/v1/state` document from its JSON bytes or from decoded JSON (a dict);
+    raises BadStateDocument."""
+    try:
+        if isinstance(value, bytes | bytearray | memoryview):
+            return _decode_state_document(value)
+        return msgspec.convert(value, StateDocument)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise BadStateDocument(f"not a state document: {e}") from e

@@ -8,7 +8,7 @@ Changing a value here is a wire or API change.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 API_GROUP: Final = "reactive-loop.dev"
 API_VERSION: Final = "v1alpha1"
@@ -79,8 +79,41 @@ MAX_WIRE_INT: Final = 2**63 - 1
 BOOT_SKEW_SECONDS: Final = 300
 #: Deepest nesting of arrays and objects in a state (the state object is level 1).
 MAX_STATE_DEPTH: Final = 32
-#: Largest loop size a node adopts from the replicas annotation (the CRD's bound).
+# --- names and limits ------------------------------------------------------------
+# One home for them: the CLI, the operator's spec, the node's config, topology,
+# builders and local mode import these; the chart's CRD repeats the numbers
+# (tests/operator/test_operator_crd.py checks that they are equal).
+#: The built-in behaviours; any other is custom, `python:package.module:Class`.
+BEHAVIORS: Final = ("converge", "token")
+CUSTOM_BEHAVIOR_PREFIX: Final = "python:"
+#: The topologies, as a type (`TopologyName`) and as values (`TOPOLOGIES`);
+#: tests/node/test_contract.py checks that they list the same names.
+TopologyName = Literal["ring", "mesh", "star"]
+TOPOLOGIES: Final = ("ring", "mesh", "star")
+#: Fewest and most nodes of a loop: `spec.replicas` (the CRD and the operator),
+#: `reactive-loop run --nodes`, and the loop size a node adopts from the
+#: replicas annotation.
+MIN_REPLICAS: Final = 1
 MAX_REPLICAS: Final = 200
+#: A ReactiveLoop's name: a DNS-1035 label of at most `MAX_LOOP_NAME` characters,
+#: so `<name>-<ordinal>` and the names of its other objects stay valid.
+LOOP_NAME_PATTERN: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_LOOP_NAME: Final = 40
+#: A local loop's name (`reactive-loop run --loop`): letters, digits and '-',
+#: at most this many characters.
+MAX_LOCAL_LOOP_NAME: Final = 63
+
+
+def node_name(loop: str, ordinal: int) -> str:
+    """The name of a loop's node, and in a cluster of its pod: `<loop>-<ordinal>`."""
+    return f"{loop}-{ordinal}"
+
+
+def is_local_loop_name(name: str) -> bool:
+    """Whether `name` can name a local loop (`MAX_LOCAL_LOOP_NAME`)."""
+    return 0 < len(name) <= MAX_LOCAL_LOOP_NAME and name.replace("-", "").isalnum()
+
+
 #: The signature of a round trip when the loop has a key (reactive_node.core.auth):
 #: "v1 keyid=<8 hex> ts=<unix ms> from=<sender> to=<recipient> sig=<64 hex>".
 SIGNATURE_HEADER: Final = "X-Reactive-Loop-Signature"

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from .behaviors.base import State, Summary, canonical
-from .contract import HISTORY_STATE_KEY
+from .contract import HISTORY_STATE_KEY, MAX_WIRE_INT
 
 #: Entries a node keeps in memory (the newest; older ones are dropped).
 HISTORY_SIZE: Final = 512
@@ -258,3 +258,57 @@ def with_tail(state: State, tail: list[dict[str, Any]]) -> dict[str, Any]:
     if not tail:
         return state
     return {**state, HISTORY_STATE_KEY: tail}
+
+
+# --------------------------------------------------------- reading pages back
+
+
+class BadHistoryPage(ValueError):
+    """A `/v1/history` answer that is not a history page (the message says why)."""
+
+
+#: A reader's entries of one node's history: keyed by (boot, seq), each entry as
+#: served with its `boot` added (a decimal string, as in `rt`).
+Polled = Mapping[tuple[int, int], dict[str, Any]]
+#: Where a reader stands in one node's history: (boot, `next` of the last page).
+Cursor = tuple[int, int]
+
+
+def _page_int(doc: Mapping[str, Any], key: str) -> int:
+    value = doc.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WIRE_INT:
+        raise BadHistoryPage(f"history page: {key!r} is {value!r}, not an integer 0..2^63-1")
+    return value
+
+
+def merge_page(
+    polled: Polled, cursor: Cursor | None, doc: Any, *, incremental: bool
+) -> tuple[dict[tuple[int, int], dict[str, Any]], Cursor] | None:
+    """Merge one `/v1/history` answer `doc` into a reader's `polled` entries.
+
+    `cursor` is where the reader stood (None: it never read this node);
+    `incremental` says the page was asked with `since=` the cursor's `next`.
+    Returns the merged entries (a new dict; `polled` is not changed) and the new
+    cursor. Returns None when an incremental page comes from another process than
+    the cursor's (a new `boot`): its `since` meant nothing there, so the reader
+    reads the whole history again. Entries without an integer `seq` are skipped.
+
+    Raises BadHistoryPage when `doc` is not a page: not an object, `entries`
+    not a list, or `boot` / `next` not an integer 0..2^63-1 (missing counts as 0).
+    """
+    if not isinstance(doc, Mapping):
+        raise BadHistoryPage(f"history page is {type(doc).__name__}, not an object")
+    entries = doc.get("entries")
+    if not isinstance(entries, list):
+        raise BadHistoryPage(f"history page: 'entries' is {type(entries).__name__}, not a list")
+    boot = _page_int(doc, "boot")
+    following = _page_int(doc, "next")
+    if incremental and cursor is not None and boot != cursor[0]:
+        return None
+    merged = dict(polled)
+    for entry in entries:
+        if isinstance(entry, Mapping):
+            seq = entry.get("seq")
+            if isinstance(seq, int) and not isinstance(seq, bool):
+                merged[(boot, seq)] = {**entry, "boot": str(boot)}
+    return merged, (boot, following)

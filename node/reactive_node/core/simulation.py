@@ -49,7 +49,7 @@ LOOP = "sim"
 
 
 def node_name(ordinal: int) -> str:
-    return f"{LOOP}-{ordinal}"
+    return contract.node_name(LOOP, ordinal)
 
 
 @dataclasses.dataclass

@@ -7,10 +7,11 @@ the next peer's ordinal; the random source is injected.
 from __future__ import annotations
 
 import random
-from typing import Final, Literal
+from typing import Final
 
-TopologyName = Literal["ring", "mesh", "star"]
-TOPOLOGIES: Final = ("ring", "mesh", "star")
+from .contract import TOPOLOGIES, TopologyName
+
+__all__ = ["PROBE_EVERY", "TOPOLOGIES", "PeerPicker", "TopologyName"]
 
 #: After a ring node skipped an unreachable successor, it tries the direct
 #: successor again after this many successful round trips with the substitute.

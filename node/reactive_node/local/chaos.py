@@ -34,8 +34,10 @@ import msgspec
 
 from reactive_node.core import auth, contract, history, timeline, verdict
 from reactive_node.core.behaviors.base import canonical
+from reactive_node.core.codec import StateDocument
 from reactive_node.local import inject, runfile
 from reactive_node.runtime import keyfiles
+from reactive_node.runtime.client import NodeClient, NodeError
 from reactive_node.runtime.faults import encode_faults
 from reactive_node.runtime.store import write_atomically
 
@@ -189,34 +191,39 @@ class _Collector:
     entries: dict[str, dict[tuple[int, int], dict[str, Any]]] = field(default_factory=dict)
     cursor: dict[str, tuple[int, int]] = field(default_factory=dict)
     """node -> (boot, next) of its last answer."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """node -> why its last unreadable history page was refused."""
 
-    async def poll_one(self, session: aiohttp.ClientSession, i: int) -> None:
+    async def poll_one(self, nodes: NodeClient, i: int) -> None:
         name, address = self.names[i], self.addresses[i]
         known = self.cursor.get(name)
         for attempt in range(2):
-            since = "" if known is None or attempt else f"?since={known[1]}"
+            since = None if known is None or attempt else known[1]
             try:
-                async with session.get(f"http://{address}{contract.HISTORY_PATH}{since}") as r:
-                    if r.status != 200:
-                        return
-                    doc = await r.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError):
+                doc = await nodes.history(address, since)
+            except NodeError:
                 return
-            if not isinstance(doc, Mapping) or not isinstance(doc.get("entries"), list):
+            try:
+                merged = history.merge_page(
+                    self.entries.get(name, {}), known, doc, incremental=since is not None
+                )
+            except history.BadHistoryPage as e:
+                self.note_error(name, str(e))
                 return
-            boot = int(doc.get("boot", 0))
-            if known is not None and boot != known[0] and since:
+            if merged is None:
                 known = None  # a new process: read its whole history
                 continue
-            store = self.entries.setdefault(name, {})
-            for entry in doc["entries"]:
-                if isinstance(entry, dict) and isinstance(entry.get("seq"), int):
-                    store[(boot, int(entry["seq"]))] = {**entry, "boot": str(boot)}
-            self.cursor[name] = (boot, int(doc.get("next", 0)))
+            self.entries[name], self.cursor[name] = merged
             return
 
-    async def poll(self, session: aiohttp.ClientSession) -> None:
-        await asyncio.gather(*(self.poll_one(session, i) for i in range(len(self.names))))
+    def note_error(self, name: str, error: str) -> None:
+        """Say once per node and message that its history could not be read."""
+        if self.errors.get(name) != error:
+            self.errors[name] = error
+            print(f"chaos: {name}: {error}", file=sys.stderr)
+
+    async def poll(self, nodes: NodeClient) -> None:
+        await asyncio.gather(*(self.poll_one(nodes, i) for i in range(len(self.names))))
 
     def histories(self) -> dict[str, list[dict[str, Any]]]:
         return {
@@ -225,12 +232,10 @@ class _Collector:
         }
 
 
-async def _state(session: aiohttp.ClientSession, address: str) -> Mapping[str, Any] | None:
+async def _state(nodes: NodeClient, address: str) -> StateDocument | None:
     try:
-        async with session.get(f"http://{address}{contract.STATE_PATH}") as r:
-            body = await r.json(content_type=None)
-            return body if r.status == 200 and isinstance(body, Mapping) else None
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return await nodes.state(address)
+    except NodeError:
         return None
 
 
@@ -292,9 +297,9 @@ class Chaos:
         links = set().union(*self.blocked.values()) if self.blocked else set()
         write_atomically(Path(self.loop.faults), encode_faults(links).decode())
 
-    async def _kill(self, session: aiohttp.ClientSession, ordinal: int) -> None:
-        await self.collector.poll_one(session, ordinal)  # what it decided, before it dies
-        old = await _state(session, self.loop.addresses[ordinal])
+    async def _kill(self, nodes: NodeClient, ordinal: int) -> None:
+        await self.collector.poll_one(nodes, ordinal)  # what it decided, before it dies
+        old = await _state(nodes, self.loop.addresses[ordinal])
         pid = self._pid(ordinal)
         if pid is None:
             print(f"chaos: node {ordinal} has no running process; kill skipped", file=sys.stderr)
@@ -309,20 +314,16 @@ class Chaos:
         async def back() -> None:
             deadline = time.monotonic() + RESTART_DEADLINE
             while time.monotonic() < deadline:
-                state = await _state(session, self.loop.addresses[ordinal])
-                if (
-                    state is not None
-                    and state.get("ready")
-                    and (old is None or state.get("boot") != old.get("boot"))
-                ):
+                state = await _state(nodes, self.loop.addresses[ordinal])
+                if state is not None and state.ready and (old is None or state.boot != old.boot):
                     break
                 await asyncio.sleep(0.1)
             self.faults[index] = verdict.Fault("kill", start, time.time(), (name,))
 
         self.pending.append(asyncio.create_task(back()))
 
-    async def _pause(self, session: aiohttp.ClientSession, ordinal: int, seconds: float) -> None:
-        await self.collector.poll_one(session, ordinal)
+    async def _pause(self, nodes: NodeClient, ordinal: int, seconds: float) -> None:
+        await self.collector.poll_one(nodes, ordinal)
         pid = self._pid(ordinal)
         if pid is None:
             print(f"chaos: node {ordinal} has no running process; pause skipped", file=sys.stderr)
@@ -396,14 +397,14 @@ class Chaos:
                 verdict.Injection(at, generation, history.digest(canonical(target)), result.ok)
             )
 
-    async def _settled(self, session: aiohttp.ClientSession) -> bool:
-        states = await asyncio.gather(*(_state(session, a) for a in self.loop.addresses))
+    async def _settled(self, nodes: NodeClient) -> bool:
+        states = await asyncio.gather(*(_state(nodes, a) for a in self.loop.addresses))
         if any(s is None for s in states):
             return False
-        summaries = [s.get("summary") or {} for s in states if s is not None]
+        summaries = [s.summary for s in states if s is not None]
         if self.behavior == "token":
-            return sum(1 for s in summaries if s.get("holding") is True) == 1
-        generations = {s.get("generation") for s in summaries}
+            return sum(1 for s in summaries if s.holding is True) == 1
+        generations = {s.generation for s in summaries}
         newest = max((i.generation for i in self.injections if i.ok), default=None)
         return len(generations) == 1 and (newest is None or newest in generations)
 
@@ -412,12 +413,12 @@ class Chaos:
         primary = runfile.key_files(self.options.state_dir)[0]
         if primary.exists():
             self.keys = keyfiles.load_keyring(primary)
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession() as session:
+            nodes = NodeClient(session, REQUEST_TIMEOUT)
             deadline = time.monotonic() + READY_DEADLINE
             while True:
-                states = await asyncio.gather(*(_state(session, a) for a in self.loop.addresses))
-                if all(s is not None and s.get("ready") for s in states):
+                states = await asyncio.gather(*(_state(nodes, a) for a in self.loop.addresses))
+                if all(s is not None and s.ready for s in states):
                     break
                 if time.monotonic() > deadline:
                     raise ScenarioError(
@@ -427,7 +428,7 @@ class Chaos:
             started = time.time()
             baseline: dict[str, tuple[int, str] | None] = {}
             for name, s in zip(self.names, states, strict=True):
-                st = (s or {}).get("state")
+                st = None if s is None else s.state
                 if isinstance(st, Mapping) and isinstance(st.get("generation"), int):
                     baseline[name] = (
                         int(st["generation"]),
@@ -435,7 +436,7 @@ class Chaos:
                     )
                 else:
                     baseline[name] = None
-            await self.collector.poll(session)
+            await self.collector.poll(nodes)
             actions: list[tuple[float, int, Any]] = [
                 (f.at, i, f) for i, f in enumerate(scenario.faults)
             ]
@@ -453,13 +454,13 @@ class Chaos:
                 for at, _, action in actions:
                     while time.monotonic() - clock0 < at:
                         if time.monotonic() >= next_poll:
-                            await self.collector.poll(session)
+                            await self.collector.poll(nodes)
                             next_poll = time.monotonic() + POLL_SECONDS
                         await asyncio.sleep(min(0.05, max(0.0, at - (time.monotonic() - clock0))))
                     if isinstance(action, Kill):
-                        await self._kill(session, action.node)
+                        await self._kill(nodes, action.node)
                     elif isinstance(action, Pause):
-                        await self._pause(session, action.node, action.seconds)
+                        await self._pause(nodes, action.node, action.seconds)
                     elif isinstance(action, Partition):
                         await self._partition(action.sides, action.seconds)
                     else:
@@ -467,7 +468,7 @@ class Chaos:
                 while time.monotonic() - clock0 < scenario.duration or not all(
                     t.done() for t in self.pending
                 ):
-                    await self.collector.poll(session)
+                    await self.collector.poll(nodes)
                     await asyncio.sleep(POLL_SECONDS)
                 # Every fault undone; nodes see a healed link within an interval.
                 faults_end = max([started, *(f.end for f in self.faults)]) + bounds.interval
@@ -477,10 +478,10 @@ class Chaos:
                 settle_until = time.monotonic() + max(0.0, faults_end - time.time()) + bound
                 calm = 0
                 while time.monotonic() < settle_until and calm < 3:
-                    await self.collector.poll(session)
-                    calm = calm + 1 if await self._settled(session) else 0
+                    await self.collector.poll(nodes)
+                    calm = calm + 1 if await self._settled(nodes) else 0
                     await asyncio.sleep(POLL_SECONDS)
-                await self.collector.poll(session)
+                await self.collector.poll(nodes)
             finally:
                 for index in list(self.paused):
                     self._resume(index)

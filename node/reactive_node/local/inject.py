@@ -1,5 +1,5 @@
 """`reactive-loop set-target`: inject a converge target into a running local
-loop by a round trip to one of its nodes, as the operator does in a cluster.
+loop by a round trip to one of its nodes (reactive_node.runtime.client).
 
 The injected generation is above every generation the nodes hold; from a
 state dir, injections are one at a time and their generations are allotted
@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import msgspec
 
-from reactive_node.core import auth, codec, contract
-from reactive_node.core.codec import decode_state
+from reactive_node.core import auth, contract
+from reactive_node.core.codec import StateDocument, decode_state
 from reactive_node.local.runfile import RUN_FILE
+from reactive_node.runtime.client import NodeClient, NodeError
 from reactive_node.runtime.store import write_atomically
 
 #: The last generation `set-target` allotted from this state dir, and its lock.
@@ -107,7 +109,7 @@ async def set_target(
     state_dir: Path | None = None,
     keys: auth.Keyring | None = None,
 ) -> InjectResult:
-    """Inject `target` by a round trip to one reachable node, as the operator does.
+    """Inject `target` by a round trip to one reachable node.
 
     Reads every node's generation first, so the injected generation is above
     all of them; then tries the nodes in order until one answers 200 holding
@@ -140,26 +142,21 @@ async def _inject(
     keys: auth.Keyring | None,
 ) -> InjectResult:
     result = InjectResult(ok=False)
-    client_timeout = aiohttp.ClientTimeout(total=request_timeout)
-    async with aiohttp.ClientSession(timeout=client_timeout) as session:
-
-        async def read(address: str) -> Mapping[str, Any] | None:
-            try:
-                async with session.get(f"http://{address}{contract.STATE_PATH}") as r:
-                    if r.status != 200:
-                        result.failures.append(f"{address}: state answered {r.status}")
-                        return None
-                    body = await r.json()
-                    return body if isinstance(body, Mapping) else None
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                result.failures.append(f"{address}: {type(e).__name__} {e}".strip())
-                return None
-
-        states = await asyncio.gather(*(read(a) for a in addresses))
-        reachable = [(a, s) for a, s in zip(addresses, states, strict=True) if s is not None]
+    async with aiohttp.ClientSession() as session:
+        nodes = NodeClient(session, request_timeout)
+        answers = await nodes.states({a: a for a in addresses})
+        reachable: list[tuple[str, StateDocument]] = []
+        for address, document in answers.items():
+            if isinstance(document, NodeError):
+                result.failures.append(str(document))
+            else:
+                reachable.append((address, document))
         if not reachable:
             return result
-        seen = [_generation_of(s) for _, s in reachable]
+        seen = [
+            _generation_of({"summary": msgspec.to_builtins(d.summary), "state": d.state})
+            for _, d in reachable
+        ]
         state = injected_state(seen, target)
         if state_dir is not None:
             try:
@@ -170,39 +167,19 @@ async def _inject(
         boot = time.time_ns()
         for seq, (address, known) in enumerate(reachable, start=1):
             try:
-                # Version 1 (the codec's default): every node version accepts it.
-                request = codec.make_request(
-                    str(known.get("loop")), contract.OPERATOR_SENDER, boot, seq, state
+                answer = await nodes.inject(
+                    address,
+                    loop=str(known.loop),
+                    recipient=known.node,
+                    boot=boot,
+                    seq=seq,
+                    state=state,
+                    keys=keys,
                 )
-            except codec.BadBody as e:
-                result.failures.append(f"{address}: {e}")
+            except NodeError as e:
+                result.failures.append(str(e))
                 continue
-            data = codec.encode(request)
-            headers = {"Content-Type": "application/json"}
-            if keys is not None:
-                try:
-                    headers[contract.SIGNATURE_HEADER] = auth.sign(
-                        keys,
-                        sender=contract.OPERATOR_SENDER,
-                        recipient=str(known.get("node")),
-                        body=data,
-                        now=time.time(),
-                    )
-                except ValueError as e:
-                    result.failures.append(f"{address}: cannot sign: {e}")
-                    continue
-            try:
-                async with session.post(
-                    f"http://{address}{contract.ROUNDTRIP_PATH}", data=data, headers=headers
-                ) as r:
-                    answer = await r.json(content_type=None)
-                    if r.status != 200:
-                        result.failures.append(f"{address}: {r.status} {answer}")
-                        continue
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                result.failures.append(f"{address}: {type(e).__name__} {e}".strip())
-                continue
-            held = _generation_of(answer) if isinstance(answer, Mapping) else None
+            held = _generation_of(answer)
             if held is not None and held >= state["generation"]:
                 result.ok, result.address, result.generation = True, address, state["generation"]
                 return result

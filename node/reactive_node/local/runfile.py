@@ -104,7 +104,7 @@ def write_run_file(state_dir: Path, run: RunFile) -> None:
 
 
 def node_name(loop: str, ordinal: int) -> str:
-    return f"{loop}-{ordinal}"
+    return contract.node_name(loop, ordinal)
 
 
 def key_files(state_dir: Path) -> tuple[Path, Path]:

@@ -45,6 +45,7 @@ from reactive_node.local.runfile import (
 )
 from reactive_node.local.views import NodeView, Timeline, build_summary, render_table, view_model
 from reactive_node.runtime import keyfiles
+from reactive_node.runtime.client import NodeClient, NodeError
 from reactive_node.runtime.store import write_atomically
 
 #: Held (flock) by the supervisor of the state dir for its whole life.
@@ -223,38 +224,29 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), backoff)
 
-    async def _poll(self, session: aiohttp.ClientSession) -> None:
+    async def _poll(self, nodes: NodeClient) -> None:
         async def one(view: NodeView) -> None:
             if not view.running:
                 return
             try:
-                async with session.get(f"http://{view.address}{contract.STATE_PATH}") as r:
-                    body = await r.json(content_type=None)
-                    if r.status != 200 or not isinstance(body, Mapping):
-                        view.error = f"state answered {r.status}"
-                        return
-                view.state, view.error = body, None
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                view.error = type(e).__name__
+                view.state, view.error = await nodes.state(view.address), None
+            except NodeError as e:
+                view.error = e.kind
 
         await asyncio.gather(*(one(v) for v in self.views))
 
-    async def _poll_history(self, session: aiohttp.ClientSession) -> None:
+    async def _poll_history(self, nodes: NodeClient) -> None:
         """Read each node's new decisions for the web view's timeline."""
 
         async def one(view: NodeView) -> None:
             if not view.reachable or view.state is None:
                 return
-            boot = view.state.get("boot")
-            since = self.timeline.since_for(view.name, boot if isinstance(boot, int) else None)
-            query = "" if since is None else f"?since={since}"
+            since = self.timeline.since_for(view.name, view.state.boot)
             try:
-                async with session.get(f"http://{view.address}{contract.HISTORY_PATH}{query}") as r:
-                    body = await r.json(content_type=None)
-                    if r.status == 200 and isinstance(body, Mapping):
-                        self.timeline.history(view.name, body)
-            except (aiohttp.ClientError, TimeoutError, ValueError):
+                page = await nodes.history(view.address, since)
+            except NodeError:
                 return
+            self.timeline.history(view.name, page)
 
         await asyncio.gather(*(one(v) for v in self.views))
 
@@ -266,14 +258,14 @@ class Supervisor:
         with contextlib.suppress(OSError, ValueError):
             self.timeline.links(time.time(), parse_faults(self.faults_path.read_bytes()))
 
-    async def _poll_forever(self, session: aiohttp.ClientSession) -> None:
+    async def _poll_forever(self, nodes: NodeClient) -> None:
         polls = 0
         while not self.stopping.is_set():
-            await self._poll(session)
+            await self._poll(nodes)
             self.timeline.sample(time.time(), self.views)
             self._read_links()
             if self.options.view_port is not None and polls % HISTORY_EVERY_POLLS == 0:
-                await self._poll_history(session)
+                await self._poll_history(nodes)
             polls += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), POLL_SECONDS)
@@ -383,11 +375,10 @@ class Supervisor:
                 )
                 self.view_url = f"http://{self.options.bind}:{self.options.view_port}/"
                 print(f"web view: {self.view_url}", file=sys.stderr)
-            async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT)
-            ) as session:
+            async with aiohttp.ClientSession() as session:
+                nodes = NodeClient(session, POLL_TIMEOUT)
                 tasks = [asyncio.create_task(self._keep_running(n)) for n in self.nodes]
-                tasks.append(asyncio.create_task(self._poll_forever(session)))
+                tasks.append(asyncio.create_task(self._poll_forever(nodes)))
                 if not self.options.json_summary:
                     tasks.append(asyncio.create_task(self._display_forever()))
                 if self.options.duration is not None:
@@ -395,7 +386,7 @@ class Supervisor:
                         await asyncio.wait_for(self.stopping.wait(), self.options.duration)
                 else:
                     await self.stopping.wait()
-                await self._poll(session)  # the summary reflects the last moment
+                await self._poll(nodes)  # the summary reflects the last moment
                 summary = build_summary(self.options, self.views, self.elapsed())
                 final_table = render_table(self.options, self.views, self.elapsed())
         finally:

@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
+from reactive_node.core.codec import StateDocument, encode
 from reactive_node.local.runfile import RunOptions
 
 #: The view draws an edge faintly once it is this much older than the node's newest.
@@ -35,7 +38,7 @@ class NodeView:
     pid: int | None = None
     running: bool = False
     restarts: int = 0
-    state: Mapping[str, Any] | None = None  # the last good /v1/state body
+    state: StateDocument | None = None  # the last good /v1/state document
     error: str | None = None  # why the last poll failed, if it did
 
     @property
@@ -48,17 +51,21 @@ class NodeView:
             return "down"
         if not self.reachable or self.state is None:
             return "unreachable"
-        return str(self.state.get("phase", "starting"))
+        return self.state.phase
 
     def counter(self, key: str) -> int:
+        """`loops` or `waits` of the last document (0 without one)."""
         if self.state is None:
             return 0
-        value = self.state.get(key, 0)
-        return int(value) if isinstance(value, int | float) else 0
+        return self.state.loops if key == "loops" else self.state.waits
+
+    @property
+    def last_wait_reason(self) -> str | None:
+        return None if self.state is None else self.state.last_wait_reason
 
 
 def behaviour_state(view: NodeView) -> Any:
-    return None if view.state is None else view.state.get("state")
+    return None if view.state is None else view.state.state
 
 
 def is_converged(behavior: str, views: Sequence[NodeView]) -> bool:
@@ -70,15 +77,18 @@ def is_converged(behavior: str, views: Sequence[NodeView]) -> bool:
     if not views or not all(v.reachable for v in views):
         return False
     if behavior == "token":
-        holders = [v for v in views if _summary(v).get("holding") is True]
+        holders = [v for v in views if v.state is not None and v.state.summary.holding is True]
         return len(holders) == 1
     first = json.dumps(behaviour_state(views[0]), sort_keys=True)
     return all(json.dumps(behaviour_state(v), sort_keys=True) == first for v in views[1:])
 
 
-def _summary(view: NodeView) -> Mapping[str, Any]:
-    summary = None if view.state is None else view.state.get("summary")
-    return summary if isinstance(summary, Mapping) else {}
+def _summary(view: NodeView) -> dict[str, Any]:
+    """The summary as the node sent it (JSON-like), {} without a document."""
+    if view.state is None:
+        return {}
+    summary: dict[str, Any] = msgspec.json.decode(encode(view.state.summary))
+    return summary
 
 
 def build_summary(options: RunOptions, views: Sequence[NodeView], elapsed: float) -> dict[str, Any]:
@@ -90,14 +100,14 @@ def build_summary(options: RunOptions, views: Sequence[NodeView], elapsed: float
             "phase": v.phase,
             "loops": v.counter("loops"),
             "waits": v.counter("waits"),
-            "lastWaitReason": None if v.state is None else v.state.get("lastWaitReason"),
+            "lastWaitReason": v.last_wait_reason,
             "restarts": v.restarts,
             "state": behaviour_state(v),
-            "summary": dict(_summary(v)),
+            "summary": _summary(v),
         }
         for v in views
     ]
-    generations = [g for g in (_summary(v).get("generation") for v in views) if isinstance(g, int)]
+    generations = [v.state.summary.generation for v in views if v.state is not None]
     return {
         "loop": options.loop,
         "behavior": options.behavior,
@@ -108,8 +118,8 @@ def build_summary(options: RunOptions, views: Sequence[NodeView], elapsed: float
         "loops": sum(n["loops"] for n in nodes),
         "waits": sum(n["waits"] for n in nodes),
         "restarts": sum(v.restarts for v in views),
-        "maxGeneration": max(generations) if generations else None,
-        "holders": [v.name for v in views if _summary(v).get("holding") is True],
+        "maxGeneration": max((g for g in generations if g is not None), default=None),
+        "holders": [v.name for v in views if v.state is not None and v.state.summary.holding],
     }
 
 
@@ -130,7 +140,7 @@ def render_table(options: RunOptions, views: Sequence[NodeView], elapsed: float)
         header,
     ]
     for v in views:
-        reason = (v.state or {}).get("lastWaitReason") or "-"
+        reason = v.last_wait_reason or "-"
         state = behaviour_state(v) if v.reachable else (v.error or "-")
         lines.append(
             f"{v.name:<14} {v.phase:<11} {v.counter('loops'):>7} {v.counter('waits'):>6} "
@@ -155,16 +165,13 @@ def view_model(
     nodes = []
     for v in views:
         edges = []
-        raw_edges = [e for e in (v.state or {}).get("edges") or [] if isinstance(e, Mapping)]
-        times = [float(e["at"]) for e in raw_edges if isinstance(e.get("at"), int | float)]
-        newest = max(times, default=0.0)
+        raw_edges = [] if v.state is None else v.state.edges
+        newest = max((e.at for e in raw_edges), default=0.0)
         for edge in raw_edges:
-            to = str(edge.get("to", ""))
-            to = by_address.get(to, to)
-            at = edge.get("at")
-            stale = isinstance(at, int | float) and at < newest - stale_after
+            to = by_address.get(edge.to, edge.to)
+            stale = edge.at < newest - stale_after
             if to in names and v.reachable:
-                edges.append({"to": to, "outcome": edge.get("outcome"), "at": at, "stale": stale})
+                edges.append({"to": to, "outcome": edge.outcome, "at": edge.at, "stale": stale})
         nodes.append(
             {
                 "name": v.name,
@@ -173,10 +180,10 @@ def view_model(
                 "phase": v.phase,
                 "loops": v.counter("loops"),
                 "waits": v.counter("waits"),
-                "lastWaitReason": (v.state or {}).get("lastWaitReason"),
+                "lastWaitReason": v.last_wait_reason,
                 "restarts": v.restarts,
                 "state": behaviour_state(v),
-                "summary": dict(_summary(v)),
+                "summary": _summary(v),
                 "edges": edges,
             }
         )

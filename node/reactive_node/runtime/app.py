@@ -131,7 +131,8 @@ async def roundtrip(request: web.Request) -> web.Response:
 
 
 async def state(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE_KEY].describe())
+    document = encode(request.app[NODE_KEY].state_document())
+    return web.Response(body=document, content_type="application/json")
 
 
 def parse_since(text: str | None) -> tuple[int | None, float | None]:

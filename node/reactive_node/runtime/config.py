@@ -187,7 +187,7 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def node_name(self, ordinal: int) -> str:
         """The name of the node with `ordinal` in this loop."""
-        return f"{self.loop}-{ordinal}"
+        return contract.node_name(self.loop, ordinal)
 
     def peer_address(self, ordinal: int) -> str | None:
         """host:port of the node with `ordinal`, or None if unknown."""

@@ -21,10 +21,22 @@ import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Final, TypeVar
 
+import msgspec
+
 from ..core import auth, contract, history, protocol
 from ..core.backoff import Backoff
 from ..core.behaviors import Behavior, Context, Settings, State, Summary, as_injection
-from ..core.codec import PROTOCOL_VERSION, BadBody, decode_state, encode_state
+from ..core.codec import (
+    PROTOCOL_VERSION,
+    BadBody,
+    ProtocolInfo,
+    StateDocument,
+    StateEdge,
+    StateSummary,
+    decode_state,
+    encode,
+    encode_state,
+)
 from ..core.contract import MAX_REPLICAS, MAX_STATE_INT
 from ..core.decision import decision_of
 from ..core.protocol import (
@@ -670,51 +682,57 @@ class Node:
             "entries": self.history.entries(since, since_time),
         }
 
-    def describe(self) -> dict[str, Any]:
-        """The `/v1/state` document (the operator and the web view read it)."""
+    def state_document(self) -> StateDocument:
+        """The `/v1/state` document (the operator, local mode and the kubectl plugin
+        decode it: `codec.decode_state_document`)."""
         state = self.state
         if state is None:
-            summary: dict[str, Any] = {
-                "generation": None,
-                "target": None,
-                "holding": None,
-                "epoch": None,
-            }
+            summary = StateSummary()
         else:
-            summary = dict(self.behavior.summary(state))
+            told = self.behavior.summary(state)
+            epoch = told.get("epoch")
+            summary = StateSummary(
+                generation=told.get("generation"),
+                target=told.get("target"),
+                holding=told.get("holding"),
+                epoch=None if epoch is None else (int(epoch[0]), int(epoch[1])),
+            )
             if self.lease.enabled:
                 # Holding is acting: a holder whose lease is not fresh does not hold.
                 acting = self.core.acting_now()
                 # `held`: the token is here (the state says so), acting or not yet.
-                summary["held"] = bool(summary.get("holding"))
-                summary["holding"] = acting is not None
-        return {
-            "loop": self.config.loop,
-            "node": self.config.node,
-            "ordinal": self.config.ordinal,
-            "behavior": self.behavior.name,
-            "topology": self.config.topology,
-            "boot": self.boot,
-            "ready": self.ready,
-            "phase": self.phase,
-            "loops": self.loops,
-            "waits": self.waits,
-            "lastWaitReason": self.last_wait_reason,
-            "lastLoopAt": self.last_loop_at,
-            "replicas": self.replicas,
-            "suspended": self.suspended,
-            "state": state if state is not None else {},
-            "stateError": "; ".join(
+                summary.held = bool(summary.holding)
+                summary.holding = acting is not None
+        return StateDocument(
+            loop=self.config.loop,
+            node=self.config.node,
+            ordinal=self.config.ordinal,
+            behavior=self.behavior.name,
+            topology=self.config.topology,
+            boot=self.boot,
+            ready=self.ready,
+            phase=self.phase,
+            loops=self.loops,
+            waits=self.waits,
+            last_wait_reason=self.last_wait_reason,
+            last_loop_at=self.last_loop_at,
+            replicas=self.replicas,
+            suspended=self.suspended,
+            state=state if state is not None else {},
+            state_error="; ".join(
                 e for e in (self.state_error, self.replicas_error, self.injection_problem()) if e
             )
             or None,
-            "summary": summary,
-            "edges": [{"to": to, "outcome": o, "at": at} for to, (o, at) in self.edges.items()],
-            "auth": None if self.keys is None else self.keys.describe(),
-            "protocol": {
-                "version": PROTOCOL_VERSION,
-                "peers": {
-                    self.config.node_name(p): v for p, v in sorted(self.core.peer_versions.items())
-                },
-            },
-        }
+            summary=summary,
+            edges=[StateEdge(to, o, at) for to, (o, at) in self.edges.items()],
+            auth=None if self.keys is None else self.keys.describe(),
+            protocol=ProtocolInfo(
+                PROTOCOL_VERSION,
+                {self.config.node_name(p): v for p, v in sorted(self.core.peer_versions.items())},
+            ),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The `/v1/state` document as JSON-like data."""
+        described: dict[str, Any] = msgspec.json.decode(encode(self.state_document()))
+        return described

@@ -52,6 +52,7 @@ from typing import Any, Final, Protocol
 from reactive_node.core import contract as c
 from reactive_node.core import history, timeline, verdict
 from reactive_node.core.behaviors.base import canonical, default_lease
+from reactive_node.core.codec import BadStateDocument, StateDocument, decode_state_document
 from reactive_node.runtime.config import NodeConfig
 
 from .kube import KubeError, NodeReadError, PodRef
@@ -375,8 +376,11 @@ class _Collector:
     """Every node's history, as polled (entries keyed by (boot, seq))."""
 
     names: list[str]
+    say: Callable[[str], None]
+    """Where a node's unreadable history page is reported (once per message)."""
     entries: dict[str, dict[tuple[int, int], dict[str, Any]]] = field(default_factory=dict)
     cursor: dict[str, tuple[int, int]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
 
     def poll_one(self, nodes: NodesApi, name: str) -> None:
         known = self.cursor.get(name)
@@ -386,17 +390,19 @@ class _Collector:
                 doc = nodes.get_json(name, c.HISTORY_PATH, query)
             except NodeReadError:
                 return
-            if not isinstance(doc, Mapping) or not isinstance(doc.get("entries"), list):
+            try:
+                merged = history.merge_page(
+                    self.entries.get(name, {}), known, doc, incremental=bool(query)
+                )
+            except history.BadHistoryPage as e:
+                if self.errors.get(name) != str(e):
+                    self.errors[name] = str(e)
+                    self.say(f"{name}: {e}")
                 return
-            boot = int(doc.get("boot", 0))
-            if known is not None and boot != known[0] and query:
+            if merged is None:
                 known = None  # a new process: read its whole history
                 continue
-            store = self.entries.setdefault(name, {})
-            for entry in doc["entries"]:
-                if isinstance(entry, dict) and isinstance(entry.get("seq"), int):
-                    store[(boot, int(entry["seq"]))] = {**entry, "boot": str(boot)}
-            self.cursor[name] = (boot, int(doc.get("next", 0)))
+            self.entries[name], self.cursor[name] = merged
             return
 
     def histories(self) -> dict[str, list[dict[str, Any]]]:
@@ -500,8 +506,8 @@ class ClusterChaos:
         self.ready_deadline = ready_deadline
         self.restart_deadline = restart_deadline
         self.say = say
-        self.names = [f"{loop.name}-{i}" for i in range(loop.replicas)]
-        self.collector = _Collector(self.names)
+        self.names = [c.node_name(loop.name, i) for i in range(loop.replicas)]
+        self.collector = _Collector(self.names, say)
         self.cleanup = Cleanup(api, self.run_id, loop.name)
         self.faults: list[verdict.Fault] = []
         self.cuts: dict[int, _Cut] = {}
@@ -516,17 +522,23 @@ class ClusterChaos:
         futures = [self.pool.submit(work, n) for n in names]
         return [f.result() for f in futures]
 
-    def _state(self, name: str) -> Mapping[str, Any] | None:
+    def _state(self, name: str) -> StateDocument | None:
+        """The node's `/v1/state`; None when it cannot be read or is malformed
+        (then the run says why, once per node and message)."""
         try:
-            doc = self.nodes.get_json(name, c.STATE_PATH)
+            return decode_state_document(self.nodes.get_json(name, c.STATE_PATH))
         except NodeReadError:
             return None
-        return doc if isinstance(doc, Mapping) else None
+        except BadStateDocument as e:
+            if self.collector.errors.get(name) != str(e):
+                self.collector.errors[name] = str(e)
+                self.say(f"{name}: {c.STATE_PATH}: {e}")
+            return None
 
     def _poll(self) -> None:
         self._parallel(lambda n: self.collector.poll_one(self.nodes, n), self.names)
 
-    def _states(self) -> list[Mapping[str, Any] | None]:
+    def _states(self) -> list[StateDocument | None]:
         return self._parallel(self._state, self.names)
 
     def _pods(self) -> dict[int, PodRef]:
@@ -537,13 +549,13 @@ class ClusterChaos:
                 out[pod.ordinal] = pod
         return out
 
-    def _settled(self, states: Sequence[Mapping[str, Any] | None]) -> bool:
-        if any(s is None for s in states):
+    def _settled(self, states: Sequence[StateDocument | None]) -> bool:
+        summaries = [s.summary for s in states if s is not None]
+        if len(summaries) < len(states):
             return False
-        summaries = [(s or {}).get("summary") or {} for s in states]
         if self.loop.behavior == "token":
-            return sum(1 for s in summaries if s.get("holding") is True) == 1
-        return len({s.get("generation") for s in summaries}) == 1
+            return sum(1 for s in summaries if s.holding is True) == 1
+        return len({s.generation for s in summaries}) == 1
 
     # --- faults -------------------------------------------------------------
     def _kill(self, ordinal: int) -> None:
@@ -563,7 +575,7 @@ class ClusterChaos:
             index,
             ordinal,
             pod.uid,
-            None if old is None else old.get("boot"),
+            None if old is None else old.boot,
             start,
             self.monotonic() + self.restart_deadline,
         )
@@ -576,9 +588,7 @@ class ClusterChaos:
             back = False
             if pod is not None and pod.uid != kill.uid and pod.ready:
                 state = self._state(name)
-                back = bool(
-                    state is not None and state.get("ready") and state.get("boot") != kill.boot
-                )
+                back = state is not None and state.ready and state.boot != kill.boot
             if back or self.monotonic() > kill.deadline:
                 if not back:
                     self.say(f"{name} did not answer again within {self.restart_deadline:g} s")
@@ -607,10 +617,9 @@ class ClusterChaos:
         state = self._state(self.names[ordinal])
         if state is None:
             return None
-        try:
-            return int(state["boot"]), int(state["loops"]), int(state["waits"])
-        except (KeyError, TypeError, ValueError):
+        if state.boot is None:
             return None
+        return state.boot, state.loops, state.waits
 
     def _heal(self, index: int) -> None:
         cut = self.cuts[index]
@@ -624,13 +633,13 @@ class ClusterChaos:
         self.healed[index] = cut
 
     # --- the run ------------------------------------------------------------
-    def _wait_ready(self) -> list[Mapping[str, Any] | None]:
+    def _wait_ready(self) -> list[StateDocument | None]:
         deadline = self.monotonic() + self.ready_deadline
         told = False
         while True:
             pods = self._pods()
             states = self._states() if len(pods) == len(self.names) else []
-            if states and all(s is not None and s.get("ready") for s in states):
+            if states and all(s is not None and s.ready for s in states):
                 return states
             if not told:
                 self.say(f"waiting up to {self.ready_deadline:g} s for every node to be ready")
@@ -665,7 +674,7 @@ class ClusterChaos:
         started = self.clock()
         baseline: dict[str, tuple[int, str] | None] = {}
         for name, s in zip(self.names, states, strict=True):
-            held = (s or {}).get("state")
+            held = None if s is None else s.state
             if isinstance(held, Mapping) and isinstance(held.get("generation"), int):
                 baseline[name] = (
                     int(held["generation"]),

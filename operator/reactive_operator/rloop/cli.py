@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from reactive_node.core import contract as c
+from reactive_node.core.codec import BadStateDocument, decode_state_document
 
 from . import view
 
@@ -171,15 +172,17 @@ def collect_rows(cluster: Any, reader: Any, loop: view.LoopInfo) -> list[view.No
             "restarts": pod.restarts,
         }
         try:
-            state = reader.get_json(pod.name, c.STATE_PATH)
+            state = decode_state_document(reader.get_json(pod.name, c.STATE_PATH))
         except NodeReadError as e:
             return view.NodeRow(**base, error=str(e))
+        except BadStateDocument as e:
+            return view.NodeRow(**base, error=f"{c.STATE_PATH}: {e}")
         waits = None
         with contextlib.suppress(NodeReadError, UnicodeDecodeError):
             waits = view.waits_by_reason(reader.get(pod.name, c.METRICS_PATH).decode())
         return view.NodeRow(
             **base,
-            state=state if isinstance(state, dict) else None,
+            state=state,
             waits=waits,
             via=reader.pod_via.get(pod.name),
         )

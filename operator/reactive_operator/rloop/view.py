@@ -15,8 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 from reactive_node.core import contract
+from reactive_node.core.codec import StateDocument, encode
 
 #: Longest chaos run, seconds (as `reactive-loop chaos`).
 MAX_DURATION: Final = 600.0
@@ -95,8 +97,8 @@ class NodeRow:
     pod_ready: bool = False
     pod_phase: str | None = None
     restarts: int = 0
-    state: Mapping[str, Any] | None = None
-    """The node's last `/v1/state`, None if it could not be read."""
+    state: StateDocument | None = None
+    """The node's last `/v1/state`, None if it could not be read (or was malformed)."""
     waits: Mapping[str, int] | None = None
     """Waits by reason (`/metrics`), None if they could not be read."""
     error: str | None = None
@@ -117,9 +119,9 @@ class LoopInfo:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _summary(row: NodeRow) -> Mapping[str, Any]:
-    summary = (row.state or {}).get("summary")
-    return summary if isinstance(summary, Mapping) else {}
+def _as_json(value: Any) -> Any:
+    """A struct (or anything encodable) as plain JSON data."""
+    return msgspec.json.decode(encode(value))
 
 
 def _number(value: Any) -> float | None:
@@ -132,35 +134,35 @@ def decision(behavior: str, row: NodeRow) -> str:
     """The GEN/HOLDER cell: a converge node's generation; a token node's holding and epoch."""
     if row.state is None:
         return "-"
-    summary = _summary(row)
+    summary = row.state.summary
     if behavior == "token":
-        epoch = summary.get("epoch")
-        text = "-" if epoch is None else json.dumps(epoch, separators=(",", ":"))
-        if summary.get("holding") is True:
+        epoch = summary.epoch
+        text = "-" if epoch is None else json.dumps(list(epoch), separators=(",", ":"))
+        if summary.holding is True:
             return f"holder e={text}"
-        if summary.get("held") is True:
+        if summary.held is True:
             return f"held e={text} (lease stale)"
         return f"e={text}" if epoch is not None else "-"
-    generation = summary.get("generation")
+    generation = summary.generation
     return "-" if generation is None else f"gen {generation}"
 
 
 def last_peer(row: NodeRow, now: float) -> str:
     """The newest round trip the node made: peer, outcome and age."""
-    edges = [e for e in (row.state or {}).get("edges") or [] if isinstance(e, Mapping)]
-    timed = [(_number(e.get("at")), e) for e in edges]
+    edges = [] if row.state is None else row.state.edges
+    timed = [(_number(e.at), e) for e in edges]
     newest = max(((at, e) for at, e in timed if at is not None), key=lambda p: p[0], default=None)
     if newest is None:
         return "-"
     at, edge = newest
-    return f"{edge.get('to', '?')} {edge.get('outcome', '?')} {max(0.0, now - at):.1f}s ago"
+    return f"{edge.to} {edge.outcome} {max(0.0, now - at):.1f}s ago"
 
 
 def waits_cell(row: NodeRow) -> str:
     """Total waits, then the reasons with counts (most first)."""
     if row.state is None:
         return "-"
-    total = row.state.get("waits", 0)
+    total = row.state.waits
     if not row.waits:
         return str(total)
     reasons = sorted(row.waits.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -172,7 +174,7 @@ def phase(row: NodeRow) -> str:
         return "no pod"
     if row.state is None:
         return "unreachable" if row.pod_phase == "Running" else (row.pod_phase or "unknown").lower()
-    return str(row.state.get("phase", "starting"))
+    return row.state.phase
 
 
 def settled(behavior: str, rows: Sequence[NodeRow]) -> bool:
@@ -181,8 +183,8 @@ def settled(behavior: str, rows: Sequence[NodeRow]) -> bool:
     if not rows or any(r.state is None for r in rows):
         return False
     if behavior == "token":
-        return sum(1 for r in rows if _summary(r).get("holding") is True) == 1
-    states = {json.dumps((r.state or {}).get("state"), sort_keys=True) for r in rows}
+        return sum(1 for r in rows if r.state is not None and r.state.summary.holding is True) == 1
+    states = {json.dumps(None if r.state is None else r.state.state, sort_keys=True) for r in rows}
     return len(states) == 1
 
 
@@ -209,7 +211,7 @@ def render_status(loop: LoopInfo, rows: Sequence[NodeRow], now: float, via: str)
     ]
     cells = []
     for r in rows:
-        loops = "-" if r.state is None else str(r.state.get("loops", 0))
+        loops = "-" if r.state is None else str(r.state.loops)
         cells.append(
             [
                 str(r.ordinal),
@@ -249,7 +251,7 @@ def status_document(loop: LoopInfo, rows: Sequence[NodeRow], via: str) -> dict[s
                 "via": r.via,
                 "error": r.error,
                 "waitsByReason": None if r.waits is None else dict(r.waits),
-                "state": None if r.state is None else dict(r.state),
+                "state": None if r.state is None else _as_json(r.state),
             }
             for r in rows
         ],
