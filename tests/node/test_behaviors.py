@@ -171,6 +171,10 @@ def test_token_regenerates_only_with_a_majority_staggered_by_ordinal() -> None:
     assert regenerated["origin"] == [11, 0]  # a new chain
     assert not token.tick(lost, ctx(2, quiet=33.0, **quiet))["holding"]
     assert token.tick(lost, ctx(2, quiet=35.0, **quiet))["epoch"] == [11, 2]
+    # Lower ordinals its round trips could not reach are not waited for.
+    assert not token.tick(lost, ctx(2, quiet=31.0, lower_down=1, **quiet))["holding"]
+    assert token.tick(lost, ctx(2, quiet=33.0, lower_down=1, **quiet))["holding"]
+    assert token.tick(lost, ctx(2, quiet=31.0, lower_down=2, **quiet))["epoch"] == [11, 2]
     # of 5 nodes, it takes two peers
     assert not token.tick(lost, ctx(0, replicas=5, quiet=40.0, **quiet))["holding"]
     assert token.tick(lost, ctx(0, replicas=5, quiet=40.0, **{**quiet, "confirmed": 2}))["holding"]

@@ -403,6 +403,11 @@ class Lease:
             confirmed_below=below,
             below_quiet=0.0 if self.lower_since is None else max(0.0, now - self.lower_since),
             confirmed_epoch=newest,
+            lower_down=sum(
+                1
+                for peer, at in self.unreachable.items()
+                if peer < self.ordinal and now - at < self.settings.token_loss_timeout
+            ),
         )
 
     def wanted_peer(

@@ -95,6 +95,10 @@ class Context:
     ordinal among them (0 when it has not)."""
     confirmed_epoch: tuple[int, int] | None = None
     """The newest epoch those confirmations carried."""
+    lower_down: int = 0
+    """How many lower ordinals this node's round trips failed to reach within
+    the loss timeout (and that have not answered since): their regeneration
+    stagger is not waited for."""
 
 
 class Summary(TypedDict):

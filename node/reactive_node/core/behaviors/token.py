@@ -46,8 +46,9 @@ Every decision follows a round trip (issue 10, docs/node.md "The token is CP"):
 * **Regeneration.** A node with no news of any token for the loss timeout
   says so in its state (`lost`, written once, cleared by news); so does one
   whose epoch's holder (the ordinal it names) says it gave the token up. A
-  lost node (staggered by ordinal, and a stagger more for each lower ordinal
-  that is lost too and reachable) regenerates the token only after a strict
+  lost node (staggered by ordinal, less a stagger for each lower ordinal its
+  round trips could not reach within the loss timeout, and a stagger more
+  for each lower ordinal that is lost too and reachable) regenerates the token only after a strict
   majority of the loop, itself included, said `lost` (or never saw a token)
   in answers to its round trips within one lease, with a term two above
   every epoch those answers carried (above an offer pending from such an
@@ -314,7 +315,10 @@ class Token:
         if mine["epoch"] is None and ctx.ordinal == 0:
             due = BOOTSTRAP_INTERVALS * settings.interval
         elif lost:
-            due = settings.token_loss_timeout + ctx.ordinal * settings.token_stagger
+            # A stagger per lower ordinal, so they rarely race; none for a lower
+            # ordinal this node could not reach (a deleted pod, a cut link).
+            lower = max(0, ctx.ordinal - ctx.lower_down)
+            due = settings.token_loss_timeout + lower * settings.token_stagger
             if ctx.below_quiet < ctx.confirmed_below * settings.token_stagger:
                 # A lower ordinal said it is lost too, so it is reachable and may
                 # regenerate first: it gets a stagger each, so they rarely race.
