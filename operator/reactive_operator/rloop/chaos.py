@@ -296,35 +296,28 @@ class Cleanup:
     left: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def delete(self, name: str) -> bool:
-        """Delete the policy `name` (tried `CLEANUP_TRIES` times); whether it is gone."""
+    def _tried(self, call: Callable[[], object], done: list[str], name: str) -> bool:
+        """`call` tried `CLEANUP_TRIES` times; on success `name` joins `done`."""
         last = ""
         for _ in range(CLEANUP_TRIES):
             try:
-                self.api.delete_policy(name)
+                call()
             except KubeError as e:
                 last = str(e)
                 continue
-            if name not in self.removed:
-                self.removed.append(name)
+            if name not in done:
+                done.append(name)
             return True
         self.errors.append(last)
         return False
 
+    def delete(self, name: str) -> bool:
+        """Delete the policy `name` (tried `CLEANUP_TRIES` times); whether it is gone."""
+        return self._tried(lambda: self.api.delete_policy(name), self.removed, name)
+
     def unlabel(self, pod: str) -> bool:
         """Remove the partition label from `pod` (tried `CLEANUP_TRIES` times)."""
-        last = ""
-        for _ in range(CLEANUP_TRIES):
-            try:
-                self.api.set_partitioned(pod, None)
-            except KubeError as e:
-                last = str(e)
-                continue
-            if pod not in self.unlabelled:
-                self.unlabelled.append(pod)
-            return True
-        self.errors.append(last)
-        return False
+        return self._tried(lambda: self.api.set_partitioned(pod, None), self.unlabelled, pod)
 
     def finish(self) -> None:
         """Unlabel the pods it cut and delete everything created, then whatever

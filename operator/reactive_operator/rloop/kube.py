@@ -207,9 +207,11 @@ class Cluster:
             extra={"status": obj.get("status") or {}},
         )
 
-    def pods(self, loop: str) -> list[PodRef]:
-        """The loop's node pods (by its selector labels), by ordinal."""
-        selector = f"{c.LOOP_LABEL}={loop},{c.COMPONENT_LABEL}={c.NODE_COMPONENT}"
+    def _loop_pods(self, loop: str, *more: str) -> list[dict[str, Any]]:
+        """The loop's node pods (by its selector labels, and `more` selectors) as JSON."""
+        selector = ",".join(
+            (f"{c.LOOP_LABEL}={loop}", f"{c.COMPONENT_LABEL}={c.NODE_COMPONENT}", *more)
+        )
         try:
             found = self.core.list_namespaced_pod(
                 self.namespace, label_selector=selector, _request_timeout=self.timeout
@@ -218,7 +220,11 @@ class Cluster:
             raise KubeError(f"cannot list the pods of {loop!r}: {_message(e)}") from None
         except urllib3.exceptions.HTTPError as e:
             raise KubeError(f"cannot reach the API server: {e}") from None
-        refs = [pod_ref(self._json(p)) for p in found.items or []]
+        return [self._json(p) for p in found.items or []]
+
+    def pods(self, loop: str) -> list[PodRef]:
+        """The loop's node pods (by its selector labels), by ordinal."""
+        refs = [pod_ref(p) for p in self._loop_pods(loop)]
         return sorted((r for r in refs if r is not None), key=lambda r: (r.ordinal, r.deleting))
 
     def delete_pod(self, name: str, uid: str) -> None:
@@ -258,16 +264,7 @@ class Cluster:
     def partitioned(self, loop: str, run: str | None = None) -> list[str]:
         """The loop's node pods that carry the partition label of `run` (None: any run's)."""
         label = c.PARTITIONED_LABEL if run is None else f"{c.PARTITIONED_LABEL}={run}"
-        selector = f"{c.LOOP_LABEL}={loop},{c.COMPONENT_LABEL}={c.NODE_COMPONENT},{label}"
-        try:
-            found = self.core.list_namespaced_pod(
-                self.namespace, label_selector=selector, _request_timeout=self.timeout
-            )
-        except ApiException as e:
-            raise KubeError(f"cannot list the pods of {loop!r}: {_message(e)}") from None
-        except urllib3.exceptions.HTTPError as e:
-            raise KubeError(f"cannot reach the API server: {e}") from None
-        return sorted(str(self._json(p)["metadata"]["name"]) for p in found.items or [])
+        return sorted(str(p["metadata"]["name"]) for p in self._loop_pods(loop, label))
 
     def create_policy(self, body: Mapping[str, Any]) -> None:
         policy = client.V1NetworkPolicy.from_dict(dict(body))
