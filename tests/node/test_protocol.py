@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import random
 from collections.abc import Generator
 from pathlib import Path
@@ -30,6 +31,7 @@ from reactive_node.core.codec import (
 from reactive_node.core.protocol import (
     Counted,
     Effect,
+    Lease,
     NodeCore,
     Outcome,
     Persist,
@@ -297,6 +299,60 @@ def test_an_answer_to_a_cut_down_body_is_no_vouch() -> None:
     shell.run(core.initiate(), answer(vouching))
     assert set(core.lease.acks) == {1}  # a whole body, vouched for
     assert core.acting_now() == (4, 0)
+
+
+# --- the guard ends when the holder vouched for stops holding -------------------------
+def _vouched_for_holder_0(now: float = 100.0) -> Lease:
+    """Node 1's lease right after it vouched for node 0's epoch [4, 0]."""
+    lease = Lease(Token(), SETTINGS, 1, now=0.0)
+    holder = holder_state()
+    vouching = {**holder, "holding": False, "since": None}
+    lease.served(holder, vouching, now)
+    assert lease.guard_quiet(vouching, now + 1.0) == 1.0
+    return lease
+
+
+NO_LONGER_MAY_ACT = {
+    "released": {**holder_state(), "holding": False, "since": None, "epoch": [5, 3]},
+    "gave it up": {**holder_state(), "holding": False, "since": None, "lost": True},
+    "offered it on": {**holder_state(), "offer": {"to": 1, "epoch": [5, 1]}},
+}
+
+
+@pytest.mark.parametrize("shown", NO_LONGER_MAY_ACT.values(), ids=list(NO_LONGER_MAY_ACT))
+def test_a_voucher_is_free_once_its_holder_shows_it_no_longer_may_act(shown: State) -> None:
+    lease = _vouched_for_holder_0()
+    lease.heard(0, shown)  # in a request (admitted by the stale check: sent later)
+    assert lease.guard_quiet(shown, 101.0) == math.inf
+    answered = _vouched_for_holder_0()
+    answered.heard(0, shown, sent_at=100.5)  # in an answer to a request sent later
+    assert answered.guard_quiet(shown, 101.0) == math.inf
+
+
+def test_a_voucher_keeps_its_guard_on_anything_else() -> None:
+    released = NO_LONGER_MAY_ACT["released"]
+    lease = _vouched_for_holder_0()
+    lease.heard(2, released)  # another node's word
+    lease.heard(0, released, sent_at=99.0)  # an answer to a request sent before the vouch
+    lease.heard(0, holder_state())  # the holder still holds, no offer
+    lease.heard(0, {**holder_state(), "acked": [1, 1]})  # not acting, but may yet
+    assert lease.guard_quiet(released, 101.0) == 1.0
+    restarted = Lease(Token(), SETTINGS, 1, now=100.0)  # the vouch is forgotten
+    restarted.heard(0, released)
+    assert restarted.guard_quiet(released, 101.0) == 1.0
+
+
+def test_a_holder_is_free_once_it_stops_holding() -> None:
+    lease = Lease(Token(), SETTINGS, 0, now=0.0)
+    lease.changed(None, holder_state(), 50.0)
+    offered = NO_LONGER_MAY_ACT["offered it on"]
+    lease.changed(holder_state(), offered, 60.0)
+    assert lease.guard_quiet(offered, 61.0) == math.inf
+    other = Lease(Token(), SETTINGS, 1, now=0.0)  # holds a chain it does not vouch for
+    borrowed = {**holder_state(), "epoch": [4, 1], "acked": [1, 1]}
+    other.changed(None, borrowed, 50.0)
+    other.changed(borrowed, {**borrowed, "holding": False, "since": None}, 60.0)
+    assert other.guard_quiet(borrowed, 61.0) == 61.0  # from its start: it vouched for no one
 
 
 # --- one core for the node and the simulation -----------------------------------------

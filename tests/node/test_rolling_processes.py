@@ -78,6 +78,8 @@ class Ring:
     versions: dict[int, int] = field(default_factory=dict)
     acted: list[tuple[str, float, float]] = field(default_factory=list)
     """(node, from, to): when a version 2 node acted as the token holder."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Settings over the ring's own."""
 
     def address(self, ordinal: int) -> str:
         return f"127.0.0.1:{self.ports[ordinal]}"
@@ -98,6 +100,7 @@ class Ring:
             contract.ENV_STATE_DIR: str(self.state_dir),
             contract.ENV_INTERVAL: "0.1",
             **(TOKEN_ENV if self.behavior == "token" else {}),
+            **self.env,
         }
         if version == 1:
             env["PYTHONPATH"] = str(self.v1_code)
@@ -304,6 +307,42 @@ def test_a_rolling_update_of_a_token_ring_needs_no_400_and_no_wait(token_ring: R
         if a[0] < b[0] and a[1] < b[2] and b[1] < a[2]
     ]
     assert not overlaps, overlaps
+
+
+def test_a_stopping_holder_hands_the_token_on(v1_code: Path, tmp_path: Path) -> None:
+    """SIGTERM to the acting holder (a pod deleted): in its last round trip it
+    offers the token to its peer without waiting out its hold, and the peer
+    acts once a majority vouched. The loss timeout (60 s) is far longer than
+    the test waits, so the new holder cannot be a regeneration."""
+    env = {contract.ENV_TOKEN_LOSS_TIMEOUT: "60", contract.ENV_TOKEN_HOLD: "30"}
+    ring = Ring(free_ports(NODES), tmp_path, v1_code, behavior="token", env=env)
+    try:
+        for i in range(NODES):
+            ring.start(i, 2)
+        eventually(lambda: len(ring.acting()) == 1, "one node acts as the holder", 30)
+        (holder,) = ring.acting()
+        ordinal = int(holder.rsplit("-", 1)[1])
+        ring.stop(ordinal)  # SIGTERM; the hold (30 s) has not run out
+
+        def successor() -> str | None:
+            acting = ring.acting()
+            return acting[0] if len(acting) == 1 and acting[0] != holder else None
+
+        new = eventually(successor, "another node acts after the holder stopped", 20)
+        assert new is not None
+        status, doc = http(
+            "GET", f"http://{ring.address(int(new.rsplit('-', 1)[1]))}{contract.HISTORY_PATH}"
+        )
+        assert status == 200, doc
+        kinds = [e["kind"] for e in doc["entries"]]
+        assert "acquire" in kinds, kinds
+        assert "regenerate" not in kinds, kinds
+        stopped = json.loads((tmp_path / f"{holder}.json").read_text())
+        assert stopped["offer"] is not None or not stopped["holding"], stopped
+    finally:
+        for process in ring.processes.values():
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,7 @@ class Leased(Protocol):
     leased: bool
 
     def holder_epoch(self, state: State) -> Epoch | None: ...
+    def may_act(self, state: State) -> bool: ...
     def vouches(self, new: State, theirs: State) -> bool: ...
     def confirms_loss(self, answer: State) -> bool: ...
     def gathering(self, state: State) -> str | None: ...
@@ -144,6 +145,9 @@ class Lease:
         """Last news of any token: an epoch learned, a holder vouched for, own holding."""
         self.vouched_at = now
         """Last time this node vouched for its `acked` chain (own holding included)."""
+        self.vouched_for: int | None = None
+        """The ordinal of the holder it last vouched for (its own, for its own
+        holding); None after a restart, which keeps the whole guard."""
         self.acks: dict[int, float] = {}
         """Peer -> when this node sent the round trip whose answer vouched for its epoch."""
         self.confirms: dict[int, tuple[float, Epoch | None]] = {}
@@ -196,6 +200,9 @@ class Lease:
                 self.news_at = now  # (a holder that gave the token up had none)
         if b.holder_epoch(new) is not None:
             self.vouched_at = self.news_at = now
+            self.vouched_for = self.ordinal
+        elif self.vouched_for == self.ordinal and not b.may_act(new):
+            self._free()  # it stopped holding what it vouched for (its own holding)
         # A holder renewing its epoch keeps its `since`; an acquisition sets it.
         renewed = (
             old is not None
@@ -224,8 +231,34 @@ class Lease:
 
     def served(self, theirs: State, new: State, now: float) -> None:
         """This node answered a round trip from `theirs` with `new` (persisted)."""
-        if self.behavior is not None and self.behavior.vouches(new, theirs):
+        b = self.behavior
+        if b is not None and b.vouches(new, theirs):
             self.vouched_at = self.news_at = now
+            epoch = b.epoch(theirs)
+            self.vouched_for = None if epoch is None else epoch[1]
+
+    def heard(self, peer: int | None, state: State, sent_at: float | None = None) -> None:
+        """`peer` showed `state` in a round trip: its request (`sent_at` None; the
+        stale check admits only requests sent after the one this node last
+        vouched in), or its answer to a request this node sent at `sent_at`.
+
+        The guard keeps a node from vouching for another chain while the holder
+        it last vouched for may still act on that vouch. Once that holder shows,
+        in a message made after the vouch, that it no longer holds an epoch it
+        may act on (released, gave it up, or offered it on), it never acts on
+        that vouch again (its acks are cleared when it next acquires): the node
+        is free at once, not a guard later (docs/node.md, "After a heal")."""
+        b = self.behavior
+        if b is None or peer is None or peer == self.ordinal or peer != self.vouched_for:
+            return
+        if sent_at is not None and sent_at <= self.vouched_at:
+            return  # an answer to a request sent before the vouch
+        if not b.may_act(state):
+            self._free()
+
+    def _free(self) -> None:
+        self.vouched_at = -math.inf
+        self.vouched_for = None
 
     def answered(
         self,
@@ -463,16 +496,25 @@ def choose_peer(
     picker: PeerPicker,
     lease: Lease,
     now: float,
+    *,
+    leaving: bool = False,
 ) -> tuple[int | None, bool, bool]:
     """(peer, hinted, topological) for the next round trip.
 
     `hinted`: the topology's picker is not told the outcome. `topological`:
     the peer is the behaviour's or the topology's choice (a token offer may go
-    there), not one the lease merely needs."""
+    there), not one the lease merely needs. `leaving`: the last round trip of a
+    stopping node goes to the topology's pick, or if that one did not answer
+    its last round trip, to the peer that vouched most recently (it is up)."""
     hint = peer_hint(behavior, state, ctx)
     if hint is not None:
         return hint, True, True
     peer = picker.pick(ctx.replicas)
+    if leaving:
+        if peer is None or peer in lease.unreachable:
+            answered = [p for p in lease.acks if p < ctx.replicas and p not in lease.unreachable]
+            peer = max(answered, key=lambda p: lease.acks[p], default=peer)
+        return peer, True, True
     wanted = lease.wanted_peer(state, now, ctx.replicas, peer)
     if wanted is not None and wanted != peer:
         return wanted, True, False
@@ -798,7 +840,7 @@ class NodeCore:
         return self.backoff.next_delay()
 
     # --- initiator -------------------------------------------------------------
-    def plan(self) -> Plan:
+    def plan(self, *, leaving: bool = False) -> Plan:
         """The peer of the next round trip (None: no peer to ask)."""
         assert self.state is not None
         now = self.clock()
@@ -809,6 +851,7 @@ class NodeCore:
             self.picker,
             self.lease,
             self.monotonic(),
+            leaving=leaving,
         )
         name = None if peer is None else self.peer_name(peer)
         return Plan(peer, name, hinted, topological)
@@ -827,15 +870,20 @@ class NodeCore:
         self.tally.count(peer, outcome, now)
         return Counted(outcome, now)
 
-    def initiate(self) -> Generator[Effect, Any, bool]:
-        """One round trip as initiator; returns whether it succeeded."""
+    def initiate(self, *, leaving: bool = False) -> Generator[Effect, Any, bool]:
+        """One round trip as initiator; returns whether it succeeded.
+
+        `leaving`: the process is stopping and this is its last round trip
+        (`leave`)."""
         assert self.state is not None
-        plan = self.plan()
+        plan = self.plan(leaving=leaving)
         if plan.peer is None or plan.name is None:
             yield self._count(None, "no_peer")
             return False
         peer, name = plan.peer, plan.name
         ctx = self.context(peer if plan.topological else None)
+        if leaving:
+            ctx = dataclasses.replace(ctx, leaving=True)
         try:
             mine: State = yield Persist(lambda m: self.behavior.tick(m, ctx))
         except NotPersisted as e:
@@ -881,6 +929,7 @@ class NodeCore:
                 self.monotonic(),
                 vouchable=request.whole,
             )
+            self.lease.heard(peer, answered, request.sent_at)
         try:
             yield Persist(
                 lambda m: self.behavior.react(m, answered, self.context(peer)), lambda _: rt
@@ -890,6 +939,18 @@ class NodeCore:
         yield Refresh()
         yield self._count(name, "ok")
         return True
+
+    def leave(self) -> Generator[Effect, Any, bool]:
+        """The process is stopping (SIGTERM, a pod deleted): an acting holder hands
+        the token on in one last round trip, without waiting out its hold, so
+        its successor acts within a round trip or two instead of a loss timeout
+        (docs/node.md, "Stopping"). The hand-on is the usual one: the offer is
+        persisted first, the receiver persists holding before it answers, and
+        nothing acts before a majority vouched. Anyone else stops at once;
+        returns whether a round trip succeeded."""
+        if self.acting_now() is None:
+            return False
+        return (yield from self.initiate(leaving=True))
 
     # --- responder ---------------------------------------------------------------
     def serve(
@@ -975,6 +1036,8 @@ class NodeCore:
 
             else:
                 sender = self.ordinal_of(req.sender)
+                if self.lease.enabled:
+                    self.lease.heard(sender, theirs)
 
                 def decide(mine: State) -> State:
                     return self.behavior.respond(mine, theirs, self.context(sender))

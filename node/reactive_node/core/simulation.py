@@ -79,6 +79,8 @@ class SimNode:
     offset: float = 0.0
     pending: Pending | None = None
     paused_until: float = 0.0
+    stopping: bool = False
+    """SIGTERM: it makes its last round trip (`Simulation.stop`) and no other."""
     history: list[State] = dataclasses.field(default_factory=list)
 
     @property
@@ -360,6 +362,8 @@ class Simulation:
         return lambda: self._act(node)
 
     def _act(self, node: SimNode) -> None:
+        if node.stopping:
+            return
         steps = node.core.initiate()
         self._finish(node, self._drive(node, steps))
 
@@ -411,7 +415,20 @@ class Simulation:
         node.core.started(stored=not wipe)
         node.pending = None
         node.paused_until = 0.0
+        node.stopping = False
         self._later(node, 0.05, self._acting(node))
+
+    def stop(self, ordinal: int, *, grace: float, wipe: bool = True) -> None:
+        """SIGTERM, then a new process `grace` seconds later (without the stored
+        state if `wipe`: a deleted pod, recreated). The stopping node abandons
+        its round trip in flight and makes its last one (`NodeCore.leave`: an
+        acting holder hands the token on) if it runs; a paused one is killed."""
+        node = self.nodes[ordinal]
+        node.pending = None
+        node.stopping = True
+        if self.now >= node.paused_until:
+            self._drive(node, node.core.leave())
+        self._at(grace, lambda: self.restart(ordinal, wipe=wipe))
 
     def pause(self, ordinal: int, seconds: float) -> None:
         """Stop a node's process for `seconds` (SIGSTOP, then SIGCONT)."""

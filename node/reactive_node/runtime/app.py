@@ -260,6 +260,15 @@ async def _main(node: Node, transport: Transport | None) -> None:
             await watcher
 
 
+async def _leave(node: Node, transport: Transport) -> None:
+    """The last round trip of a stopping node (an acting holder hands the token
+    on), bounded by the round-trip timeout and a second more."""
+    try:
+        await asyncio.wait_for(node.leave(transport), node.config.timeout + 1.0)
+    except Exception as e:  # TimeoutError, a store that fails: the process ends anyway
+        log.warning("node %s: no hand-on at shutdown: %s", node.config.node, e or type(e).__name__)
+
+
 def _background(run_loop: bool) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         node = app[NODE_KEY]
@@ -303,8 +312,12 @@ def _background(run_loop: bool) -> Callable[[web.Application], AsyncIterator[Non
                 for task in runners:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+                if transport is not None:
+                    await _leave(node, transport)
                 if webhook is not None:
-                    await webhook.close()
+                    # The release the hand-on fired, and any call in flight, get
+                    # their timeout to reach the receiver before the process ends.
+                    await webhook.close(grace=webhook.timeout.total or 0.0)
                 await node.store.close()
 
     return ctx

@@ -582,6 +582,13 @@ class Node:
         assert self.state is not None
         return await self._drive(self.core.initiate(), transport, locked=False)
 
+    async def leave(self, transport: Transport) -> bool:
+        """The process is stopping: an acting holder hands the token on in one
+        last round trip (`protocol.NodeCore.leave`); anyone else does nothing."""
+        if self.state is None:
+            return False
+        return await self._drive(self.core.leave(), transport, locked=False)
+
     async def _drive(
         self,
         steps: Generator[protocol.Effect, Any, T],

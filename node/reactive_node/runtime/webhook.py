@@ -147,9 +147,11 @@ class TokenWebhook:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def close(self) -> None:
-        """Cancel the calls in flight."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Let the calls in flight finish for up to `grace` seconds, then cancel them."""
         tasks = list(self.tasks)
+        if tasks and grace > 0:
+            await asyncio.wait(tasks, timeout=grace)
         for task in tasks:
             task.cancel()
         for task in tasks:

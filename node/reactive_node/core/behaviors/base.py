@@ -99,6 +99,9 @@ class Context:
     """How many lower ordinals this node's round trips failed to reach within
     the loss timeout (and that have not answered since): their regeneration
     stagger is not waited for."""
+    leaving: bool = False
+    """The process is stopping (SIGTERM): this is its last round trip, and an
+    acting holder hands the token on in it without waiting out its hold."""
 
 
 class Summary(TypedDict):

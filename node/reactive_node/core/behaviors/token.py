@@ -290,8 +290,8 @@ class Token:
                 and ctx.guard_quiet >= settings.token_guard
             ):
                 return {**mine, "acked": list(mine["origin"])}
-            if ctx.now - float(mine["since"]) < settings.token_hold:
-                return mine
+            if ctx.now - float(mine["since"]) < settings.token_hold and not ctx.leaving:
+                return mine  # (a node that is stopping hands it on at once)
             offer = mine["offer"]
             if offer is not None and offer["to"] < ctx.replicas:
                 # Never re-target an offer: the target may have accepted it and
@@ -375,6 +375,11 @@ class Token:
         if not _holder(state) or state["acked"] != state["origin"]:
             return None
         return _epoch(state["epoch"])
+
+    def may_act(self, state: State) -> bool:
+        """Whether `state` may yet act on its epoch (held, no offer pending): a
+        node that does not never acts again on acks it had (docs/node.md)."""
+        return _holder(state)
 
     def vouches(self, new: State, theirs: State) -> bool:
         """Whether a responder's `new` state vouches for the holder that sent `theirs`."""
