@@ -157,7 +157,12 @@ def test_token_regenerates_only_with_a_majority_staggered_by_ordinal() -> None:
     seen = token.validate(
         {"holding": False, "epoch": [7, 1], "since": None, "seenAt": 10.0, "offer": None}
     )
-    quiet: dict[str, Any] = {"settings": SETTINGS, "confirmed": 1, "confirmed_epoch": (9, 2)}
+    quiet: dict[str, Any] = {
+        "settings": SETTINGS,
+        "confirmed": 1,
+        "confirmed_epoch": (9, 2),
+        "now": 0.0,  # a wall clock at 0 s: the terms below are the answers'
+    }
     lost = token.tick(seen, ctx(0, quiet=30.0, **{**quiet, "confirmed": 0}))
     assert lost["lost"]
     assert not lost["holding"]
@@ -169,6 +174,9 @@ def test_token_regenerates_only_with_a_majority_staggered_by_ordinal() -> None:
     # Two terms above every epoch the answers carried (and any offer or renewal of it).
     assert regenerated["epoch"] == [11, 0]
     assert regenerated["origin"] == [11, 0]  # a new chain
+    # ...and at least the wall clock's milliseconds (what was forgotten may be newer).
+    now = {**quiet, "now": 1_780_000_000.25}
+    assert token.tick(lost, ctx(0, quiet=40.0, **now))["epoch"] == [1_780_000_000_250, 0]
     assert not token.tick(lost, ctx(2, quiet=33.0, **quiet))["holding"]
     assert token.tick(lost, ctx(2, quiet=35.0, **quiet))["epoch"] == [11, 2]
     # Lower ordinals its round trips could not reach are not waited for.
@@ -186,7 +194,8 @@ def test_token_first_token_comes_from_node_0() -> None:
     majority: dict[str, Any] = {"settings": SETTINGS, "confirmed": 1}
     assert token.tick(fresh, ctx(0, quiet=2.0, **majority))["holding"] is False
     assert token.tick(fresh, ctx(0, quiet=3.5, settings=SETTINGS))["holding"] is False
-    assert token.tick(fresh, ctx(0, quiet=3.5, **majority))["epoch"] == [1, 0]
+    # The first term is the wall clock in milliseconds (ctx: now = 100 s).
+    assert token.tick(fresh, ctx(0, quiet=3.5, **majority))["epoch"] == [100_000, 0]
     assert token.tick(fresh, ctx(1, quiet=3.5, **majority))["holding"] is False
 
 

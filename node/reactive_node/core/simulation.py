@@ -26,7 +26,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, Final
 
 from reactive_node.core import contract, history
 from reactive_node.core.backoff import Backoff
@@ -46,6 +46,10 @@ from reactive_node.core.protocol import (
 from reactive_node.core.topology import PeerPicker, TopologyName
 
 LOOP = "sim"
+
+
+WALL_START: Final = 1_780_000_000.0
+"""The wall clock (time.time()) when a simulation starts."""
 
 
 def node_name(ordinal: int) -> str:
@@ -75,7 +79,7 @@ class SimNode:
     ordinal: int
     core: NodeCore
     rate: float = 1.0
-    """How fast this node's clocks run against real (simulated) time."""
+    """How fast this node's monotonic clock runs against real (simulated) time."""
     offset: float = 0.0
     pending: Pending | None = None
     paused_until: float = 0.0
@@ -184,6 +188,9 @@ class Simulation:
         def clock() -> float:
             return offset + rate * self.now
 
+        def wall() -> float:
+            return self._wall(offset)
+
         return NodeCore(
             self.behavior,
             self._settings,
@@ -194,14 +201,23 @@ class Simulation:
             boot=next(self._boots),
             picker=PeerPicker(self.topology, ordinal, ring_skip=self.ring_skip, rng=self.rng),
             backoff=Backoff(self._settings.interval, self.max_backoff, self.rng),
-            clock=clock,
+            clock=wall,
             monotonic=clock,
             peer_name=lambda p: node_name(p) if 0 <= p < self.n else None,
         )
 
     def clock(self, node: SimNode) -> float:
-        """The node's own clock (wall and monotonic alike) now."""
+        """The node's own monotonic clock now (its wall clock is `wall(node)`)."""
         return node.offset + node.rate * self.now
+
+    def wall(self, node: SimNode) -> float:
+        """The node's own wall clock now."""
+        return self._wall(node.offset)
+
+    def _wall(self, offset: float) -> float:
+        """Wall clocks kept by NTP: rate 1, within +-50 ms of each other (the
+        monotonic clocks drift; the lease and the guard are on those)."""
+        return WALL_START + (offset - 500.0) / 10_000 + self.now
 
     def _at(self, delay: float, action: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (self.now + delay, next(self._counter), action))

@@ -76,6 +76,18 @@ V1_FIELDS = ("holding", "epoch", "since", "seenAt", "offer")
 BOOTSTRAP_INTERVALS = 3
 
 
+def wall_term(now: float) -> int:
+    """The term a new chain starts from at wall time `now`: milliseconds since
+    the Unix epoch. A chain grows by one term per hand-on (each takes a round
+    trip and a hold), far slower than a term per millisecond, so a chain
+    started later starts above every term of an earlier one, whatever the
+    nodes remember, while the nodes' wall clocks agree to within the loss
+    timeout (docs/node.md, "Known limits of the token")."""
+    if not math.isfinite(now) or now <= 0:
+        return 0
+    return min(int(now * 1000), MAX_STATE_INT // 2)
+
+
 def _epoch(value: Any) -> Epoch | None:
     if value is None:
         return None
@@ -335,7 +347,10 @@ class Token:
         step = 1 if mine["epoch"] is None else 2
         if term > MAX_STATE_INT - step:
             return judged  # terms saturate: never make a state out of bounds
-        epoch = [term + step, ctx.ordinal]
+        # And at least the wall clock's milliseconds: the nodes that knew the
+        # newest epoch may have lost their state (pods deleted), and a chain
+        # started from older answers must still outgrow it at a fence.
+        epoch = [max(term + step, wall_term(ctx.now)), ctx.ordinal]
         return {
             "holding": True,
             "epoch": epoch,
