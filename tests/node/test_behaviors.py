@@ -212,10 +212,14 @@ def test_token_holder_without_a_majority_gives_up_after_the_loss_timeout() -> No
 def test_token_renews_its_epoch_before_acting_again() -> None:
     token = Token()
     mine = holder([3, 0])
-    renewed = token.tick(mine, ctx(0, quiet=1.0, renew=True, settings=SETTINGS))
-    assert renewed["epoch"] == [4, 0]
+    renewed = token.tick(mine, ctx(0, now=0.0, quiet=1.0, renew=True, settings=SETTINGS))
+    assert renewed["epoch"] == [4, 0]  # the next term of its own
     assert renewed["holding"]
     assert renewed["since"] == mine["since"]
+    # ...at least the wall clock's milliseconds: the order holders began to act.
+    later = token.tick(mine, ctx(0, now=1_780_000_000.0, quiet=1.0, renew=True, settings=SETTINGS))
+    assert later["epoch"] == [1_780_000_000_000, 0]
+    assert later["origin"] == mine["origin"]  # the same chain
 
 
 @pytest.mark.parametrize(

@@ -259,6 +259,69 @@ def test_a_stopping_holder_hands_the_token_on_instead_of_waiting_for_the_loss(
     assert took[True] <= 4 * INTERVAL < SETTINGS.token_loss_timeout <= took[False], took
 
 
+def _drawn(seed: int, *, heal: bool, stops: bool = True) -> Simulation:
+    """A random history of every fault drawn from `seed`, as the sweeps behind
+    docs/node.md drew them. `heal`: the faults stop at a random time and it runs
+    until one node acts (else they run on to 150 s, with slow webhook calls)."""
+    r = random.Random(seed)
+    n = r.randint(2, 6)
+    fault = Faults(loss=r.uniform(0, 0.3), duplicate=r.uniform(0, 0.2), late=r.uniform(0, 0.15))
+    kinds = ["restart", "wipe", "stop", "pause", "partition", "heal"]
+    if not stops:
+        kinds.remove("stop")
+    history: list[Event] = []
+    for _ in range(r.randint(0, 10)):
+        at, kind, ordinal = r.uniform(0, 120), r.choice(kinds), r.randint(0, 100)
+        seconds = r.uniform(0.5, 20)
+        history.append(
+            (at, kind, ordinal, seconds, frozenset(r.randint(0, 6) for _ in range(r.randint(1, 4))))
+        )
+    history.sort(key=lambda e: e[0])
+    end = r.uniform(20, 130) if heal else 150.0
+    delay = 0.0 if heal else WEBHOOK
+    sim = Simulation(
+        Token(),
+        n,
+        "ring",
+        seed=r.getrandbits(32),
+        settings=_settings(n),
+        drift=DRIFT,
+        webhook_delay=delay,
+    )
+    sim.faults = fault
+    for at, kind, ordinal, seconds, side in history:
+        if at < end:
+            sim.run_until(at)
+            _apply(sim, n, kind, ordinal, seconds, side)
+    sim.run_until(end)
+    if heal:
+        sim.faults = Faults()
+        healed = max(end, *(node.paused_until for node in sim.nodes))
+        sim.run_until(healed)
+        _until_one_acts(sim, healed)
+    return sim
+
+
+@pytest.mark.parametrize(
+    ("seed", "heal", "stops"),
+    [
+        (761, True, False),  # two of three pods deleted: a chain from older answers
+        (102, True, True),  # a voucher forgot the newer chain: the older one went on
+        (286, False, True),  # a lease lapsed and renewed while its acquire call was slow
+        (1479, False, True),  # a restarted node's call overtook its previous life's
+    ],
+)
+def test_a_fence_hears_epochs_in_order_in_histories_that_once_broke_it(
+    seed: int, heal: bool, stops: bool
+) -> None:
+    """Histories the sweeps found where a fence heard an older epoch after a
+    newer one (docs/node.md, "Nodes that forget"), each fixed by a rule: a new
+    chain's term, and every acted epoch's renewal, from the wall clock; a
+    renewal only once the last acquire call returned; nothing acted on within
+    the webhook's timeout after a start."""
+    _check_safety(_drawn(seed, heal=heal, stops=stops))
+
+
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(3, 6), seed=st.integers(0, 2**32))
 def test_a_minority_side_never_regenerates(n: int, seed: int) -> None:

@@ -165,8 +165,9 @@ class Lease:
         """An epoch this node stopped acting on while holding it: never acts on it again."""
         self.acting: Epoch | None = None
         """The epoch this node last reported acting on (events fired), or None."""
-        self.amnesiac = False
-        """Started with no stored state and has held no epoch since (`started`)."""
+        self.settled_at = now + contract.TOKEN_WEBHOOK_TIMEOUT_SECONDS
+        """Before this it acts on nothing: a listener call of its previous life
+        (a process killed mid-call) has arrived or timed out by then."""
         self.telling: set[Epoch] = set()
         """Epochs whose `acquire` the shell's listener is still telling (a token
         webhook call in flight): the holder hands such an epoch on only once the
@@ -177,17 +178,11 @@ class Lease:
         return self.behavior is not None
 
     # --- what happened -----------------------------------------------------------
-    def started(self, state: State, *, stored: bool = True) -> None:
+    def started(self, state: State) -> None:
         """A process starts with a stored state: a held epoch may have been acted
-        on before the restart, so it is burnt (the holder renews before acting).
-
-        `stored=False`: it starts with no stored state (a new pod, or one whose
-        state was lost or unreadable). An earlier life may have accepted an offer
-        and acted on it, and the giver, which never saw the answer, offers the
-        same epoch again: the first epoch it takes from an offer is burnt too."""
+        on before the restart, so it is burnt (the holder renews before acting)."""
         if self.behavior is not None and state.get("holding"):
             self.burnt = self.behavior.epoch(state)
-        self.amnesiac = not stored
 
     def changed(self, old: State | None, new: State, now: float) -> None:
         """The node's state changed from `old` to `new` (persisted)."""
@@ -211,12 +206,15 @@ class Lease:
             and old.get("since") == new.get("since")
         )
         acquired = old is None or not old.get("holding") or b.epoch(old) != b.epoch(new)
-        if self.amnesiac and new.get("holding"):
-            self.amnesiac = False
-            if acquired and new.get("origin") != new.get("epoch"):
-                self.burnt = b.epoch(new)  # taken from an offer: maybe taken before
         if new.get("holding") and not renewed and acquired:
             self.acted_at = now  # acquired: it has a loss timeout to start acting
+            # Every acquisition (an offer taken, a regeneration) is burnt: the
+            # node acts only on its renewal, whose term it takes from the wall
+            # clock when a majority vouched (`Token._renewed`). So an epoch
+            # offered again to a node that forgot it took it is never told
+            # twice, and a fence hears epochs in the order holders began to act,
+            # even across chains that the nodes which knew of them forgot.
+            self.burnt = b.epoch(new)
         if old is None or (b.epoch(old) != b.epoch(new) and not renewed):
             if not new.get("lost"):
                 self.news_at = now
@@ -426,11 +424,16 @@ class Lease:
             guard_quiet=self.guard_quiet(state, now),
             acting=acting is not None,
             told=acting not in self.telling,
+            # Renewed once the listener told its last acquisition (and, after a
+            # start, once any call of the previous life is over): a fence hears
+            # one node's epochs in order too.
             renew=(
                 epoch is not None
                 and epoch == self.burnt
                 and self.behavior.holder_epoch(state) == epoch
                 and self._lease_end(now, ctx.replicas) > now
+                and not self.telling
+                and now >= self.settled_at
             ),
             confirmed=confirmed,
             confirmed_below=below,
@@ -770,12 +773,11 @@ class NodeCore:
             return ctx
         return self.lease.context(ctx, self.state, self.monotonic())
 
-    def started(self, *, stored: bool = True) -> None:
-        """The process starts with the state it now holds (stored, or initial
-        with `stored=False`): a held epoch may have been acted on before a
-        restart, and one offered again after its state was lost (`Lease.started`)."""
+    def started(self) -> None:
+        """The process starts with the state it now holds: a held epoch may have
+        been acted on before a restart (`Lease.started`)."""
         assert self.state is not None
-        self.lease.started(self.state, stored=stored)
+        self.lease.started(self.state)
 
     def set_state(self, new: State) -> State | None:
         """The state is now `new` (persisted); returns the one before."""

@@ -428,7 +428,7 @@ class Simulation:
         if wipe:
             stored = self.behavior.initial(node.core.context())
         node.core.set_state(stored)
-        node.core.started(stored=not wipe)
+        node.core.started()
         node.pending = None
         node.paused_until = 0.0
         node.stopping = False

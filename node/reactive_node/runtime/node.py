@@ -233,10 +233,9 @@ class Node:
         """Load the stored state (or start from the behaviour's initial state)."""
         snapshot = await self.store.load()
         self.adopt(snapshot)
-        stored = self.state is not None
-        if not stored:
+        if self.state is None:
             self._set_state(self.behavior.initial(self.context()))
-        self.core.started(stored=stored)
+        self.core.started()
 
     def adopt(self, snapshot: Snapshot) -> None:
         """Take in what the store holds now: the replica count and, if someone

@@ -268,19 +268,22 @@ class Token:
     def react(self, mine: State, theirs: State, ctx: Context) -> State:
         new = self._given_up(self._learn(mine, theirs, ctx), theirs, ctx)
         if new is mine and _holder(mine) and ctx.renew and not ctx.acting:
-            return self._renewed(mine)  # this answer completed its majority
+            return self._renewed(mine, ctx)  # this answer completed its majority
         return new
 
     @staticmethod
-    def _renewed(mine: State) -> State:
-        """Its lease lapsed while it held this epoch, and a majority vouched for
-        it again: a fence has seen the epoch, so it acts again only on a newer
-        one (same chain, own ordinal). Renewed only now, not when the lease
-        lapsed: the epoch of a holder that cannot act is no news to anyone."""
+    def _renewed(mine: State, ctx: Context) -> State:
+        """A majority vouched for the epoch it holds, which it may not act on:
+        one it just acquired (an offer taken, a regeneration), or one whose lease
+        lapsed (a fence may have seen it). It acts on the next term of its own
+        (same chain), at least the wall clock's milliseconds now: a fence hears
+        the epochs in the order their holders began to act, even across chains
+        the nodes forgot. Renewed only now: the epoch of a holder that cannot
+        act is no news to anyone."""
         term = int(mine["epoch"][0])
         if term >= MAX_STATE_INT:
             return mine
-        return {**mine, "epoch": [term + 1, int(mine["epoch"][1])]}
+        return {**mine, "epoch": [max(term + 1, wall_term(ctx.now)), int(mine["epoch"][1])]}
 
     def tick(self, mine: State, ctx: Context) -> State:
         settings = ctx.settings
@@ -295,7 +298,7 @@ class Token:
                 # token up and says it is lost, so a majority can regenerate it.
                 return {**mine, "holding": False, "since": None, "lost": True}
             if mine["offer"] is None and ctx.renew and not ctx.acting:
-                return self._renewed(mine)
+                return self._renewed(mine, ctx)
             if (
                 mine["offer"] is None
                 and mine["acked"] != mine["origin"]
