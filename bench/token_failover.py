@@ -10,7 +10,8 @@ Issue 10's goal: at most `lossTimeout + 2·interval`. Two ways to lose it:
   every `--poll` seconds until a node acts as holder on a newer epoch. The
   namespace is deleted at the end.
 * `--local` — the same loop as local processes (`reactive-loop run`); the
-  holder's process gets SIGKILL and the supervisor starts it again with its
+  holder's process gets `--signal` (KILL: no last round trip; TERM: it hands
+  the token on as it stops) and the supervisor starts it again with its
   stored state.
 
 A failover's time is from the fault until the first reading that shows the
@@ -18,7 +19,7 @@ new acting holder (so at most `--poll` late). Between trials the loop runs
 `--settle` seconds.
 
     nice -n 19 python bench/token_failover.py --kind kind-reactive-loop [--trials 5]
-    nice -n 19 python bench/token_failover.py --local [--trials 10]
+    nice -n 19 python bench/token_failover.py --local [--trials 10] [--signal TERM]
 """
 
 from __future__ import annotations
@@ -147,7 +148,9 @@ def run_kind(context: str, replicas: int, trials: int, poll: float, settle: floa
     return times
 
 
-async def run_local(replicas: int, trials: int, poll: float, settle: float) -> list[float]:
+async def run_local(
+    replicas: int, trials: int, poll: float, settle: float, sig: signal.Signals
+) -> list[float]:
     times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rl-failover-") as scratch:
         timings = {
@@ -167,7 +170,7 @@ async def run_local(replicas: int, trials: int, poll: float, settle: float) -> l
                 for trial in range(trials):
                     address, epoch = await eventually(probe, "an acting holder", 300)
                     pid = loop.pid_of(address)
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, sig)
                     cut = time.monotonic()
 
                     new = await eventually(
@@ -175,7 +178,7 @@ async def run_local(replicas: int, trials: int, poll: float, settle: float) -> l
                     )
                     took = time.monotonic() - cut
                     times.append(took)
-                    print(f"trial {trial}: {address} {list(epoch)} killed; {new[0]} acts on"
+                    print(f"trial {trial}: {address} {list(epoch)} got {sig.name}; {new[0]} acts on"
                           f" {list(new[1])} after {took:.2f} s", file=sys.stderr)  # fmt: skip
                     await asyncio.sleep(settle)
         finally:
@@ -192,14 +195,16 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5, choices=range(1, 51))
     parser.add_argument("--poll", type=float, default=0.25)
     parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument("--signal", choices=["KILL", "TERM"], default="KILL", help="--local only")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    sig = signal.Signals[f"SIG{args.signal}"]
     if args.kind:
         times = run_kind(args.kind, args.replicas, args.trials, args.poll, args.settle)
     else:
-        times = asyncio.run(run_local(args.replicas, args.trials, args.poll, args.settle))
+        times = asyncio.run(run_local(args.replicas, args.trials, args.poll, args.settle, sig))
     result = {
-        "where": f"kind ({args.kind})" if args.kind else "local processes",
+        "where": f"kind ({args.kind})" if args.kind else f"local processes ({sig.name})",
         "replicas": args.replicas,
         "interval": INTERVAL,
         "holdSeconds": HOLD,

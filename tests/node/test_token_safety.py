@@ -375,7 +375,7 @@ def test_an_epoch_offered_again_after_a_lost_state_is_not_acquired_twice() -> No
     the answer (a pod deleted and recreated) is offered the same epoch again.
     It burns that epoch and acts on its renewal: no epoch is heard twice.
     120 seeded histories of three restarts, the holder's mostly, half of them
-    without the stored state (with the burn switched off, seed 79 acquires
+    without the stored state (without the burn of an epoch taken from an offer, seed 79 acquired
     one epoch twice)."""
     for seed in range(120):
         rng = random.Random(seed)

@@ -37,10 +37,12 @@ Every decision follows a round trip (issue 10, docs/node.md "The token is CP"):
   acting holder hands the token on, and only once its listener told its
   acquisition (the token webhook's call returned, `Context.told`): the
   webhook is called in the background, and a fence must hear the epochs of
-  one chain in their order. A holder whose lease lapsed takes a new
-  term (same chain) once a majority vouched for it again, and acts on that
-  one, so the fence sees only increasing epochs; until then its epoch is no
-  news to anyone. One that no majority vouched for during the loss timeout
+  one chain in their order. A holder never acts on an epoch it acquired
+  (an offer taken, a regeneration) nor on one whose lease lapsed: once a
+  majority vouched for it, it takes a new term (same chain, at least the wall
+  clock's milliseconds) and acts on that one, so a fence sees only increasing
+  epochs, even across chains that the nodes which knew them forgot; until
+  then its epoch is no news to anyone. One that no majority vouched for during the loss timeout
   (a new chain's holder: and a guard, the time its rival's vouchers need to
   be free) gives the token up and says it is lost.
 * **Regeneration.** A node with no news of any token for the loss timeout
