@@ -200,6 +200,22 @@ def test_no_holder_after_the_faults_is_found() -> None:
     assert kinds(verdict) == {"no_holder"}
 
 
+def test_after_partitions_only_the_holder_bound_is_the_issues() -> None:
+    """`lossTimeout + 2·interval` once partitions heal; the looser bound once a
+    node was killed or paused (docs/chaos.md)."""
+    at = T0 + 5 + (BOUNDS.token_goal + BOUNDS.token) / 2  # between the two bounds
+    histories = {"n-0": [token("acquire", at, (7, 0))], "n-1": [], "n-2": []}
+    cut = Fault("partition", T0 + 1, T0 + 5, ("n-0",), ("n-1", "n-2"))
+    kill = Fault("kill", T0 + 2, T0 + 3, ("n-1",))
+    partitioned = check(token_obs(histories, faults=[cut]))
+    assert kinds(partitioned) == {"no_holder"}
+    assert partitioned["holderBound"] == round(BOUNDS.token_goal, 3)
+    mixed = check(token_obs(histories, faults=[cut, kill]))
+    assert mixed["ok"], mixed["violations"]
+    assert mixed["holderBound"] == round(BOUNDS.token, 3)
+    assert check(token_obs(histories, faults=[kill]))["ok"]
+
+
 def test_a_killed_or_paused_holder_stops_acting() -> None:
     """A holder killed without a release stops at the kill; a paused one whose
     release came on resuming stops at the pause plus the lease."""

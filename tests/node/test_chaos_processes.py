@@ -174,6 +174,30 @@ def test_a_token_ring_keeps_one_holder_under_kill_pause_and_partition(token_loop
         assert f">local-{i}</text>" in page
 
 
+def test_a_token_ring_acts_again_within_the_issues_bound_after_partitions(
+    token_loop: Path,
+) -> None:
+    """Partitions only, each longer than the loss timeout (3 s), so whichever
+    side the holder is on, a majority side may regenerate and a minority
+    holder stops acting: after the heal one node acts within `lossTimeout +
+    2·interval` (issue 10's bound; the verdict holds partition-only runs to it)."""
+    scenario = {
+        "duration": 14,
+        "faults": [
+            {"kind": "partition", "at": 1, "sides": [[0, 1], [2, 3, 4]], "seconds": 5},
+            {"kind": "partition", "at": 7, "sides": [[2, 3], [0, 1, 4]], "seconds": 5},
+        ],
+    }
+    path = token_loop / "scenario.json"
+    path.write_text(json.dumps(scenario))
+    result, verdict = chaos(token_loop, "--scenario", str(path))
+    assert result.returncode == 0, (result.stderr, verdict["violations"])
+    assert verdict["faultCounts"] == {"kill": 0, "pause": 0, "partition": 2}
+    assert verdict["holderBound"] == verdict["bounds"]["tokenGoalSeconds"]
+    assert verdict["holderAfterFaults"] is not None
+    assert verdict["holderAfterFaults"] <= verdict["holderBound"]
+
+
 def test_a_partition_needs_the_fault_switch(tmp_path: Path) -> None:
     """Without `run --faults` a partition is refused before anything happens."""
     process = subprocess.Popen(
