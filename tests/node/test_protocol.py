@@ -298,8 +298,13 @@ def test_an_answer_to_a_cut_down_body_is_no_vouch() -> None:
     assert core.lease.acks == {}  # the body was cut down: the peer saw no holder
     shell.run(core.initiate(), answer(vouching))
     assert set(core.lease.acks) == {1}  # a whole body, vouched for
-    # It acts on the renewal of the epoch it acquired, a term from its wall clock (1,000 s).
-    assert core.acting_now() == (1_000_000, 0)
+    assert core.acting_now() is None  # within the webhook's timeout after its start
+    clock = core.clock
+    assert isinstance(clock, Clock)
+    clock.now += contract.TOKEN_WEBHOOK_TIMEOUT_SECONDS
+    shell.run(core.initiate(), answer(vouching))
+    # It acts on the renewal of the epoch it acquired, its term the wall clock's ms.
+    assert core.acting_now() == (int(clock.now * 1000), 0)
 
 
 # --- the guard ends when the holder vouched for stops holding -------------------------

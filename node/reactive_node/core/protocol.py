@@ -137,7 +137,15 @@ class Lease:
     just started assumes it vouched for its chain and had news at its start.
     """
 
-    def __init__(self, behavior: Behavior, settings: Settings, ordinal: int, now: float) -> None:
+    def __init__(
+        self,
+        behavior: Behavior,
+        settings: Settings,
+        ordinal: int,
+        now: float,
+        *,
+        tell_timeout: float = contract.TOKEN_WEBHOOK_TIMEOUT_SECONDS,
+    ) -> None:
         self.behavior = leased(behavior)
         self.settings = settings
         self.ordinal = ordinal
@@ -165,7 +173,7 @@ class Lease:
         """An epoch this node stopped acting on while holding it: never acts on it again."""
         self.acting: Epoch | None = None
         """The epoch this node last reported acting on (events fired), or None."""
-        self.settled_at = now + contract.TOKEN_WEBHOOK_TIMEOUT_SECONDS
+        self.settled_at = now + tell_timeout
         """Before this it acts on nothing: a listener call of its previous life
         (a process killed mid-call) has arrived or timed out by then."""
         self.telling: set[Epoch] = set()
@@ -721,7 +729,10 @@ class NodeCore:
         clock: Callable[[], float],
         monotonic: Callable[[], float],
         peer_name: Callable[[int], str | None],
+        tell_timeout: float = contract.TOKEN_WEBHOOK_TIMEOUT_SECONDS,
     ) -> None:
+        """`tell_timeout`: the longest a listener call (the token webhook) takes;
+        0 when the listener only logs."""
         self.behavior = behavior
         self.target_taker: TargetTaking | None = (
             cast(TargetTaking, behavior) if takes_target(behavior) else None
@@ -750,7 +761,7 @@ class NodeCore:
         self.backoff = backoff
         self.state: State | None = None
         self.seen = SeenTable()
-        self.lease = Lease(behavior, settings, ordinal, monotonic())
+        self.lease = Lease(behavior, settings, ordinal, monotonic(), tell_timeout=tell_timeout)
         self._ordinals: dict[str, int] = {}
         """Node name -> ordinal, of the peers this node knows (`ordinal_of`)."""
         self.peer_versions: dict[int, int] = {}

@@ -204,6 +204,7 @@ class Simulation:
             clock=wall,
             monotonic=clock,
             peer_name=lambda p: node_name(p) if 0 <= p < self.n else None,
+            tell_timeout=self.webhook_delay,
         )
 
     def clock(self, node: SimNode) -> float:

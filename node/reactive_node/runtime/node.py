@@ -140,6 +140,8 @@ class Node:
             clock=clock,
             monotonic=monotonic,
             peer_name=self._peer_name,
+            # A process killed mid-call: its acquire may still reach the webhook.
+            tell_timeout=contract.TOKEN_WEBHOOK_TIMEOUT_SECONDS if config.token_webhook else 0.0,
         )
         """Every rule of a round trip, and the state they keep (`protocol.NodeCore`)."""
         self.started_at = self.core.started_at
