@@ -515,17 +515,15 @@ def choose_peer(
     `hinted`: the topology's picker is not told the outcome. `topological`:
     the peer is the behaviour's or the topology's choice (a token offer may go
     there), not one the lease merely needs. `leaving`: the last round trip of a
-    stopping node goes to the topology's pick, or if that one did not answer
-    its last round trip, to the peer that vouched most recently (it is up)."""
+    stopping node goes to the peer that vouched most recently (it is up, and
+    an offer is never re-targeted), else to the topology's pick."""
     hint = peer_hint(behavior, state, ctx)
     if hint is not None:
         return hint, True, True
     peer = picker.pick(ctx.replicas)
     if leaving:
-        if peer is None or peer in lease.unreachable:
-            answered = [p for p in lease.acks if p < ctx.replicas and p not in lease.unreachable]
-            peer = max(answered, key=lambda p: lease.acks[p], default=peer)
-        return peer, True, True
+        answered = [p for p in lease.acks if p < ctx.replicas and p not in lease.unreachable]
+        return max(answered, key=lambda p: lease.acks[p], default=peer), True, True
     wanted = lease.wanted_peer(state, now, ctx.replicas, peer)
     if wanted is not None and wanted != peer:
         return wanted, True, False
