@@ -126,6 +126,13 @@ async def bad_node() -> AsyncIterator[tuple[str, dict[str, str]]]:
             return web.json_response({"node": "n-0", "loops": -1})
         if how == "404":
             return web.Response(status=404)
+        if how in ("huge", "huge 500"):  # streamed: no length to refuse it by
+            response = web.StreamResponse(status=500 if how == "huge 500" else 200)
+            await response.prepare(request)
+            chunk = b" " * 65536
+            for _ in range(contract.MAX_NODE_ANSWER_BYTES // len(chunk) + 4):
+                await response.write(chunk)
+            return response
         if how == "slow":
             await release.wait()
         return web.json_response({"loop": LOOP, "node": "n-0"})
@@ -155,6 +162,8 @@ async def bad_node() -> AsyncIterator[tuple[str, dict[str, str]]]:
             "answered not a state document: Expected `int` >= 0 - at `$.loops`",
             "malformed",
         ),
+        ("huge", 200, "answered 200 with more than 1048576 bytes", "too much"),
+        ("huge 500", 500, "answered 500 with more than 1048576 bytes", "too much"),
     ],
 )
 async def test_bad_answers_are_clear_node_errors(

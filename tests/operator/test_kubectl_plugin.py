@@ -396,6 +396,67 @@ def test_proxy_only_reports_the_failure() -> None:
         kube.NodeReader(ProxyRefused(), "ssh")  # type: ignore[arg-type]
 
 
+@pytest.fixture
+def fake_api(tmp_path: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    """A kubeconfig whose API server (on 127.0.0.1) answers every pod proxy GET
+    with `size["bytes"]` bytes of JSON spaces and `{}`, streamed (no length)."""
+    import http.server
+
+    size = {"bytes": 10, "status": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            self.send_response(size["status"])
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            chunk = b" " * 65536
+            with contextlib.suppress(OSError):
+                for _ in range(size["bytes"] // len(chunk)):
+                    self.wfile.write(chunk)
+                self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "f", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}
+                ],
+                "users": [{"name": "f", "user": {"token": "t"}}],
+                "contexts": [{"name": "f", "context": {"cluster": "f", "user": "f"}}],
+                "current-context": "f",
+            }
+        )
+    )
+    try:
+        yield str(kubeconfig), size
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_pod_proxy_answer_is_read_up_to_a_cap(fake_api: tuple[str, dict[str, int]]) -> None:
+    """A node (or anything posing as one behind the proxy) cannot fill the
+    plugin's memory: past `MAX_ANSWER_BYTES` the read stops with a clear error."""
+    kubeconfig, size = fake_api
+    cluster = kube.Cluster(kubeconfig=kubeconfig, namespace="ns", timeout=5.0)
+    assert json.loads(cluster.proxy_get("p-0", "/v1/state", (), 5.0)) == {}
+    for status in (200, 503):
+        size.update(bytes=kube.MAX_ANSWER_BYTES + 2 * 65536, status=status)
+        with pytest.raises(kube.NodeReadError, match="exceeds"):
+            cluster.proxy_get("p-0", "/v1/state", (), 5.0)
+
+
 class FakePortForward:
     """The client's PortForward: one end of a socket pair per port; on the other
     end an HTTP/1.1 server (as the node, with keep-alive)."""

@@ -61,6 +61,10 @@ PROTOCOL_HEADER: Final = "X-Reactive-Loop-Protocol"
 #: annotation or file); the node takes it out before it validates the state.
 HISTORY_STATE_KEY: Final = ANNOTATION_PREFIX + "history"
 MAX_BODY_BYTES: Final = 64 * 1024
+MAX_NODE_ANSWER_BYTES: Final = 1024 * 1024
+"""The most a node client reads of any node's answer: a `/v1/history` page
+stays under ~512 KiB, a `/v1/state` document far under; more is an error,
+so a node (or something posing as one) cannot fill the reader's memory."""
 #: Seconds a client has to finish sending a request's headers (and that an idle
 #: keep-alive connection is kept); then the connection is closed.
 HEADER_TIMEOUT_SECONDS: Final = 30.0

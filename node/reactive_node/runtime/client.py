@@ -63,6 +63,16 @@ def _object(address: str, path: str, body: Any) -> Mapping[str, Any]:
     return body
 
 
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The answer's bytes, to its end or to just past `limit`."""
+    raw = bytearray()
+    async for chunk in content.iter_chunked(64 * 1024):
+        raw += chunk
+        if len(raw) > limit:
+            break
+    return bytes(raw)
+
+
 class NodeClient:
     """Asks nodes over one aiohttp session.
 
@@ -93,7 +103,7 @@ class NodeClient:
             async with self._session.request(
                 method, url, data=data, headers=headers, **kwargs
             ) as r:
-                raw = await r.read()
+                raw = await _read_bounded(r.content, contract.MAX_NODE_ANSWER_BYTES)
                 status = r.status
         except TimeoutError as e:
             within = "" if self._seconds is None else f" within {self._seconds:g}s"
@@ -101,6 +111,10 @@ class NodeClient:
         except (aiohttp.ClientError, OSError) as e:
             reason = f"{path}: {type(e).__name__} {e}".strip()
             raise NodeError(address, reason, kind=type(e).__name__) from e
+        if len(raw) > contract.MAX_NODE_ANSWER_BYTES:
+            limit = contract.MAX_NODE_ANSWER_BYTES
+            reason = f"{path} answered {status} with more than {limit} bytes"
+            raise NodeError(address, reason, status, f"{what} answered too much")
         text = raw.decode("utf-8", "replace")
         if status != 200:
             detail = f": {_quote(text)}" if text.strip() else ""

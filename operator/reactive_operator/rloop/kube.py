@@ -323,11 +323,15 @@ class Cluster:
         try:
             response = self.api.call_api(method, url, header_params=headers,
                                          _request_timeout=timeout)  # fmt: skip
-            data = response.read()  # type: ignore[no-untyped-call]
+            # The urllib3 response is not preloaded: read at most the cap.
+            data = response.response.read(MAX_ANSWER_BYTES + 1)
         except ApiException as e:
             raise NodeReadError(f"pod proxy: {_message(e)}") from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise NodeReadError(f"pod proxy: {type(e).__name__}: {e}"[:ERROR_CHARS]) from None
+        if len(data or b"") > MAX_ANSWER_BYTES:
+            response.response.close()
+            raise NodeReadError(f"pod proxy: the answer exceeds {MAX_ANSWER_BYTES} bytes")
         if response.status != 200:
             text = " ".join(_detail(data or b"").split())
             raise NodeReadError(f"pod proxy: {response.status}: {text}"[:ERROR_CHARS])
