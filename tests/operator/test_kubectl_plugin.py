@@ -407,7 +407,7 @@ def fake_api(tmp_path: Path) -> Iterator[tuple[str, dict[str, int]]]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
 
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             self.send_response(size["status"])
             self.send_header("Content-Type", "application/json")
             self.end_headers()
