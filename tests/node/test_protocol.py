@@ -294,10 +294,19 @@ def test_an_answer_to_a_cut_down_body_is_no_vouch() -> None:
     core.set_state(holder_state())
     vouching = {**holder_state(), "holding": False, "since": None}
     shell = Shell(core)
-    shell.run(core.initiate(), answer(vouching))
-    assert core.lease.acks == {}  # the body was cut down: the peer saw no holder
-    shell.run(core.initiate(), answer(vouching))
-    assert set(core.lease.acks) == {1}  # a whole body, vouched for
+    # The body is cut down (the peer's version is not known yet); the peer
+    # answers in version 2, so the same round trip says it again, whole.
+    shell.run(core.initiate(), answer(vouching), answer(vouching))
+    sends = [e for e in shell.effects if isinstance(e, Send)]
+    assert [s.request.whole for s in sends] == [False, True]
+    assert [s.request.version for s in sends] == [1, 2]
+    assert set(core.lease.acks) == {1}  # the whole body was vouched for, not the cut one
+    old = make_core(Token())  # a peer of version 1: one body, cut, and no vouch
+    old.set_state(holder_state())
+    v1 = Shell(old)
+    v1.run(old.initiate(), answer({k: vouching[k] for k in V1_FIELDS}, version=1))
+    assert [e.request.version for e in v1.effects if isinstance(e, Send)] == [1]
+    assert old.lease.acks == {}
     assert core.acting_now() is None  # within the webhook's timeout after its start
     clock = core.clock
     assert isinstance(clock, Clock)

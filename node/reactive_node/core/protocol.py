@@ -844,8 +844,13 @@ class NodeCore:
 
     def next_delay(self, ok: bool) -> float:
         """How long to wait before the next round trip: an interval after a
-        success, else the backoff's next delay."""
-        if ok:
+        success, else the backoff's next delay; but an interval while the token
+        gathers a majority (a holder's lease, a lost node's confirmations): it
+        asks another peer next, and one that backed off through a partition
+        would miss its heal (it gives the token up a loss timeout after it
+        took it: docs/node.md, "After a heal")."""
+        b = self.lease.behavior
+        if ok or (b is not None and self.state is not None and b.gathering(self.state)):
             self.backoff.reset()
             return self.settings.interval
         return self.backoff.next_delay()
@@ -901,25 +906,34 @@ class NodeCore:
             log.warning("node %s: cannot persist a time-driven change: %s", self.name, e)
             assert self.state is not None
             mine = self.state
-        request = self.request(peer, name, mine)
-        result: Outcome = yield Send(request)
-        if request.version > 1 and version_refused(result):
-            # The peer went back to an older version (a rollback): say it again in 1.
-            log.info("node %s: %s refused version %d", self.name, name, request.version)
-            self.peer_versions[peer] = 1
+        for hello in (True, False):
             request = self.request(peer, name, mine)
-            result = yield Send(request)
-        reason = judge(result)
-        theirs: State | None = None
-        if reason is None:
-            try:
-                answer = decode_response(result.body)
-                theirs = self.behavior.validate(answer.state)
-            except Exception as e:  # BadBody, InvalidState, or a custom behaviour's own
-                log.info("node %s: bad answer from %s: %s", self.name, name, e)
-                reason = "rejected"
-            else:
-                self.peer_versions[peer] = min(answer.version, PROTOCOL_VERSION)
+            result: Outcome = yield Send(request)
+            if request.version > 1 and version_refused(result):
+                # The peer went back to an older version (a rollback): say it again in 1.
+                log.info("node %s: %s refused version %d", self.name, name, request.version)
+                self.peer_versions[peer] = 1
+                request = self.request(peer, name, mine)
+                result = yield Send(request)
+            reason = judge(result)
+            theirs: State | None = None
+            if reason is None:
+                try:
+                    answer = decode_response(result.body)
+                    theirs = self.behavior.validate(answer.state)
+                except Exception as e:  # BadBody, InvalidState, or a custom behaviour's own
+                    log.info("node %s: bad answer from %s: %s", self.name, name, e)
+                    reason = "rejected"
+                else:
+                    self.peer_versions[peer] = min(answer.version, PROTOCOL_VERSION)
+            if not (hello and theirs is not None and not request.whole):
+                break
+            if self.peer_versions[peer] < 2:
+                break
+            # The body was cut down for version 1 and the peer answered in 2: it
+            # asked for nothing (no vouch, no confirmation). Say it whole now,
+            # not a round trip later (a holder gathering its lease after a heal
+            # has none to lose: docs/node.md, "After a heal").
         if not plan.hinted:
             self.picker.record(reason is None)
         if theirs is None:
