@@ -205,10 +205,11 @@ def test_token_one_acting_holder_after_a_partition_heals(
 
 def test_a_race_after_the_heal_ends_within_the_issues_bound() -> None:
     """The history of docs/node.md ("After a heal"): a 3 | 3 split leaves no
-    majority; after the heal nodes 0 and 4 both regenerate, and node 4's newer
-    token wins. Node 0 releases when it hears of it, and is free at once to
-    vouch for node 4 (it no longer holds what it vouched for): node 4 acts
-    within `lossTimeout + 2·interval`. Before that rule the vouchers of node 0's
+    majority; after the heal two nodes regenerate, and the newer token wins.
+    The holder of the older one releases when it hears of it and is free at
+    once to vouch for the winner (it no longer holds what it vouched for), and
+    so, once they hear from it, are its vouchers: the winner acts within
+    `lossTimeout + 2·interval`. Before that rule the vouchers of the older
     token could vouch only a guard later (16.5 s here, over the issue's 14 s)."""
     sim = Simulation(Token(), 6, "ring", seed=1969293618, settings=_settings(6), drift=DRIFT)
     sim.run_until(17.271925803867298)
@@ -218,9 +219,9 @@ def test_a_race_after_the_heal_ends_within_the_issues_bound() -> None:
     sim.faults = Faults()
     took = _until_one_acts(sim, healed)
     after = [r for r in sim.regenerations if r.at >= healed]
-    assert [r.node for r in after] == [0, 4]
-    assert after[0].epoch < after[1].epoch  # node 4's token is the newer
-    assert sim.acting() == [4]
+    assert len({r.node for r in after}) == 2, after  # a race
+    assert after[0].epoch < after[1].epoch  # the later token is the newer
+    assert sim.acting() == [after[1].node]
     assert took <= issue_bound(sim.settings)
     _check_safety(sim)
 
@@ -231,9 +232,10 @@ def test_a_stopping_holder_hands_the_token_on_instead_of_waiting_for_the_loss(
     n: int, seed: int
 ) -> None:
     """SIGTERM to the acting holder, a new process (no state) a second later: in
-    its last round trip it hands the token on, and a successor acts within a
-    few intervals; killed instead (the same history otherwise) the token waits
-    out the loss timeout and is regenerated."""
+    its last round trip it hands the token on, and a node acts on a newer epoch
+    within a few intervals; killed instead (restarted at once without its
+    state, the same history otherwise) the token waits out the loss timeout
+    and is regenerated."""
     took = {}
     for graceful in (True, False):
         sim = Simulation(Token(), n, "ring", seed=seed, settings=_settings(n), drift=DRIFT)
@@ -243,20 +245,26 @@ def test_a_stopping_holder_hands_the_token_on_instead_of_waiting_for_the_loss(
             t += 0.05
             sim.run_until(t)
         (holder,) = sim.acting()
+        epoch = sim.nodes[holder].core.acting_now()
+        assert epoch is not None
         if graceful:
             sim.stop(holder, grace=1.0)
         else:
-            sim.pause(holder, 1.0)  # as good as dead until the restart
             sim.restart(holder, wipe=True)
         stopped = t
-        while not [o for o in sim.acting() if o != holder] and t < stopped + 60:
+
+        def newer() -> bool:
+            return any((sim.nodes[o].core.acting_now() or (0, 0)) > epoch for o in sim.acting())
+
+        while not newer() and t < stopped + 60:
             t += 0.05
             sim.run_until(t)
         took[graceful] = t - stopped
         assert len(sim.acting()) == 1
         assert bool(sim.regenerations[1:]) != graceful, sim.regenerations
         _check_safety(sim)
-    assert took[True] <= 4 * INTERVAL < SETTINGS.token_loss_timeout <= took[False], took
+    loss = SETTINGS.token_loss_timeout
+    assert took[True] <= loss / 2 < loss - 2 * INTERVAL <= took[False] < 60, took
 
 
 def _drawn(seed: int, *, heal: bool, stops: bool = True) -> Simulation:
