@@ -226,6 +226,11 @@ def test_a_race_after_the_heal_ends_within_the_issues_bound() -> None:
     _check_safety(sim)
 
 
+def _acts_newer(sim: Simulation, epoch: tuple[int, int]) -> bool:
+    """Whether a node acts on an epoch newer than `epoch` now."""
+    return any((sim.nodes[o].core.acting_now() or (0, 0)) > epoch for o in sim.acting())
+
+
 @pytest.mark.parametrize("n", [3, 5])
 @pytest.mark.parametrize("seed", range(5))
 def test_a_stopping_holder_hands_the_token_on_instead_of_waiting_for_the_loss(
@@ -253,10 +258,7 @@ def test_a_stopping_holder_hands_the_token_on_instead_of_waiting_for_the_loss(
             sim.restart(holder, wipe=True)
         stopped = t
 
-        def newer() -> bool:
-            return any((sim.nodes[o].core.acting_now() or (0, 0)) > epoch for o in sim.acting())
-
-        while not newer() and t < stopped + 60:
+        while not _acts_newer(sim, epoch) and t < stopped + 60:
             t += 0.05
             sim.run_until(t)
         took[graceful] = t - stopped
