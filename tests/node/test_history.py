@@ -294,8 +294,9 @@ async def test_history_endpoint_refuses_a_bad_since(make_node: MakeNode, since: 
 
 async def test_token_decisions_name_the_round_trips_they_rest_on() -> None:
     """A token loop of three on a shared fake clock: node 0 creates the first token
-    on a majority's word and acts once a majority vouched; both decisions name a
-    round trip that succeeded, and the acquire names one after the regeneration."""
+    on a majority's word and acts on its renewal once a majority vouched; both
+    decisions name a round trip that succeeded, and the acquire names one after
+    the regeneration."""
     now = [time.time()]  # a sender's boot (its real start) may not be ahead of it
     peers = ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
     nodes = []
@@ -333,9 +334,11 @@ async def test_token_decisions_name_the_round_trips_they_rest_on() -> None:
     assert kinds.index("regenerate") < kinds.index("acquire")
     for e in entries:
         if e["kind"] in history.DECISIONS:
-            assert e["epoch"] == events[0][1]
             rt = e["rt"]
             assert net.ok[(int(rt["boot"]), int(rt["seq"]))] == rt["answer"]
+    # It acts on the renewal of the epoch it regenerated (docs/node.md): a newer one.
+    assert entries[kinds.index("acquire")]["epoch"] == events[0][1]
+    assert entries[kinds.index("regenerate")]["epoch"] < events[0][1]
     regenerate = entries[kinds.index("regenerate")]["rt"]
     acquire = entries[kinds.index("acquire")]["rt"]
     assert (int(acquire["boot"]), acquire["seq"]) != (int(regenerate["boot"]), regenerate["seq"])
