@@ -926,14 +926,13 @@ class NodeCore:
                     reason = "rejected"
                 else:
                     self.peer_versions[peer] = min(answer.version, PROTOCOL_VERSION)
-            if not (hello and theirs is not None and not request.whole):
+            # A body cut down for version 1 that the peer answered in 2 asked it
+            # for nothing (no vouch, no confirmation): say it whole now, not a
+            # round trip later (a holder gathering its lease after a heal has
+            # none to lose: docs/node.md, "After a heal").
+            greeted = theirs is not None and not request.whole and self.peer_versions[peer] >= 2
+            if not (hello and greeted):
                 break
-            if self.peer_versions[peer] < 2:
-                break
-            # The body was cut down for version 1 and the peer answered in 2: it
-            # asked for nothing (no vouch, no confirmation). Say it whole now,
-            # not a round trip later (a holder gathering its lease after a heal
-            # has none to lose: docs/node.md, "After a heal").
         if not plan.hinted:
             self.picker.record(reason is None)
         if theirs is None:
@@ -1061,8 +1060,7 @@ class NodeCore:
 
             else:
                 sender = self.ordinal_of(req.sender)
-                if self.lease.enabled:
-                    self.lease.heard(sender, theirs)
+                self.lease.heard(sender, theirs)
 
                 def decide(mine: State) -> State:
                     return self.behavior.respond(mine, theirs, self.context(sender))

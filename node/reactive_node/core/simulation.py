@@ -207,14 +207,6 @@ class Simulation:
             tell_timeout=self.webhook_delay,
         )
 
-    def clock(self, node: SimNode) -> float:
-        """The node's own monotonic clock now (its wall clock is `wall(node)`)."""
-        return node.offset + node.rate * self.now
-
-    def wall(self, node: SimNode) -> float:
-        """The node's own wall clock now."""
-        return self._wall(node.offset)
-
     def _wall(self, offset: float) -> float:
         """Wall clocks kept by NTP: rate 1, within +-50 ms of each other (the
         monotonic clocks drift; the lease and the guard are on those)."""

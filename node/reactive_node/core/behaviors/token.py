@@ -42,7 +42,8 @@ Every decision follows a round trip (issue 10, docs/node.md "The token is CP"):
   majority vouched for it, it takes a new term (same chain, at least the wall
   clock's milliseconds) and acts on that one, so a fence sees only increasing
   epochs, even across chains that the nodes which knew them forgot; until
-  then its epoch is no news to anyone. One that no majority vouched for during the loss timeout
+  then its epoch is no news to anyone. One that no majority vouched for
+  during the loss timeout
   (a new chain's holder: and a guard, the time its rival's vouchers need to
   be free) gives the token up and says it is lost.
 * **Regeneration.** A node with no news of any token for the loss timeout
@@ -79,12 +80,12 @@ BOOTSTRAP_INTERVALS = 3
 
 
 def wall_term(now: float) -> int:
-    """The term a new chain starts from at wall time `now`: milliseconds since
-    the Unix epoch. A chain grows by one term per hand-on (each takes a round
-    trip and a hold), far slower than a term per millisecond, so a chain
-    started later starts above every term of an earlier one, whatever the
-    nodes remember, while the nodes' wall clocks agree to within the loss
-    timeout (docs/node.md, "Known limits of the token")."""
+    """The least term of an epoch taken at wall time `now` (a regeneration, a
+    renewal): milliseconds since the Unix epoch. Every epoch acted on is a
+    renewal taken when its holder began to act, so across chains a fence hears
+    them in that order whatever the nodes remember, while the nodes' wall
+    clocks agree to better than the time between two holders beginning to act
+    (docs/node.md, "Nodes that forget")."""
     if not math.isfinite(now) or now <= 0:
         return 0
     return min(int(now * 1000), MAX_STATE_INT // 2)
